@@ -1,0 +1,46 @@
+# harmony — every target sets up .venv itself if needed (idempotent), so `make test` works on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+HARMONY := $(VENV)/bin/harmony
+IHARMONY4 ?= data/iHarmony4
+EXP ?= semi_supervised_parametric
+
+.PHONY: help install test test-all lint format quickstart reproduce-table1 fit benchmark clean
+
+help:  ## Show this help
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed  ## Create .venv and install harmony with its dev tools
+
+test: install  ## Run the default (fast, CPU, offline) test suite
+	$(PY) -m pytest -q
+
+test-all: install  ## Run every test, slow ones included
+	$(PY) -m pytest -q -m ""
+
+lint: install  ## Lint with ruff
+	$(VENV)/bin/ruff check harmony tests benchmarks
+
+format: install  ## Format with ruff
+	$(VENV)/bin/ruff format harmony tests benchmarks
+
+fit: install  ## Train an experiment: make fit EXP=semi_supervised_parametric
+	$(HARMONY) fit --config experiments/$(EXP).yaml
+
+reproduce-table1: install  ## Evaluate every available row on the iHarmony4 test split: make reproduce-table1 IHARMONY4=path
+	$(PY) -m harmony.commands.reproduce_table1 --data-root $(IHARMONY4) --output-dir results
+
+benchmark: install  ## Run the benchmarks in benchmarks/
+	$(PY) benchmarks/score_throughput.py
+
+clean:  ## Remove caches and outputs (keeps .venv, data and checkpoints)
+	rm -rf .pytest_cache .ruff_cache lightning_logs outputs results
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,5 @@
+"""``python -m harmony``."""
+
+from harmony.cli import main
+
+raise SystemExit(main())

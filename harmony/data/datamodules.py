@@ -1,0 +1,384 @@
+"""LightningDataModules: one base, one small subclass per data set layout."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from pathlib import Path
+from typing import Literal
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from harmony.data.datasets import TripletDataset
+from harmony.data.records import TripletRecord, holdout, list_iharmony4, list_matched_folders
+from harmony.data.transforms import PairedTrainTransform
+from harmony.data.types import IHARMONY4_SUBSETS
+from harmony.errors import HarmonyInputError
+
+Split = Literal["train", "val", "test", "predict"]
+
+
+class HarmonyDataModule(LightningDataModule):
+    """Base of every harmony DataModule: turns a per-split list of records into loaders.
+
+    Subclasses implement :meth:`list_records`. Training samples get paired augmentation, evaluation
+    samples are resized with PIL bilinear exactly as the evaluator resizes files, and carry the
+    protocol-size copies the evaluator scores.
+
+    Args:
+        image_size: Side length of the images the model sees.
+        batch_size: Samples per batch (training and evaluation).
+        num_workers: DataLoader worker processes.
+        eval_size: Side length the evaluator scores at (256 in the iHarmony4 protocol).
+        augment: Random-resized crop and horizontal flip for training.
+        min_foreground: Smallest foreground fraction a training crop may have.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 256,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        eval_size: int = 256,
+        augment: bool = True,
+        min_foreground: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.eval_size = eval_size
+        self.augment = augment
+        self.min_foreground = min_foreground
+        self.datasets: dict[str, Dataset] = {}
+
+    @abstractmethod
+    def list_records(self, split: Split) -> list[TripletRecord]:
+        """The samples of ``split`` (``predict`` defaults to the test samples)."""
+
+    def make_dataset(self, split: Split) -> Dataset:
+        """Build the Dataset of ``split``."""
+        records = self.list_records(split)
+        if split == "train":
+            transform = (
+                PairedTrainTransform(self.image_size, min_foreground=self.min_foreground)
+                if self.augment
+                else None
+            )
+            return TripletDataset(records, self.image_size, transform=transform)
+        return TripletDataset(
+            records, self.image_size, eval_size=None if split == "predict" else self.eval_size
+        )
+
+    def setup(self, stage: str) -> None:
+        """Build the datasets a Trainer stage needs."""
+        splits: dict[str, tuple[Split, ...]] = {
+            "fit": ("train", "val"),
+            "validate": ("val",),
+            "test": ("test",),
+            "predict": ("predict",),
+        }
+        for split in splits[stage]:
+            if split not in self.datasets:
+                self.datasets[split] = self.make_dataset(split)
+
+    def _loader(self, split: Split, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            drop_last=shuffle and len(self.datasets[split]) > self.batch_size,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches."""
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches."""
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches."""
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Prediction batches."""
+        return self._loader("predict", shuffle=False)
+
+
+class IHarmony4DataModule(HarmonyDataModule):
+    """iHarmony4 (HCOCO, HAdobe5k, HFlickr, Hday2night) in its official layout.
+
+    ``<root>/<Subset>/{composite_images,masks,real_images}`` with ``IHD_train.txt``/``IHD_test.txt`` at
+    the root. Training merges the chosen subsets; each test subset is reported separately. iHarmony4 has
+    no validation split: unless the root has ``IHD_val.txt``, a deterministic ``val_fraction`` of the
+    training photos (whole real images, never split across parts) is held out.
+
+    Args:
+        root: The data set root (see data/README.md).
+        subsets: The subsets to use (default: HCOCO, HAdobe5k, HFlickr, Hday2night).
+        val_fraction: Share of training photos held out for validation when there is no ``IHD_val.txt``.
+        **kwargs: See :class:`HarmonyDataModule`.
+    """
+
+    default_subsets: tuple[str, ...] = IHARMONY4_SUBSETS
+
+    def __init__(
+        self,
+        root: str | Path = "data/iHarmony4",
+        subsets: list[str] | None = None,
+        val_fraction: float = 0.01,
+        image_size: int = 256,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        eval_size: int = 256,
+        augment: bool = True,
+        min_foreground: float = 0.01,
+    ) -> None:
+        super().__init__(image_size, batch_size, num_workers, eval_size, augment, min_foreground)
+        self.root = Path(root)
+        self.subsets = list(subsets) if subsets is not None else list(self.default_subsets)
+        self.val_fraction = val_fraction
+
+    def list_records(self, split: Split) -> list[TripletRecord]:
+        """List the split from the official list files."""
+        if split == "predict":
+            split = "test"
+        if split in ("train", "val") and not (self.root / "IHD_val.txt").is_file():
+            return holdout(
+                list_iharmony4(self.root, "train", self.subsets), self.val_fraction, split == "val"
+            )
+        return list_iharmony4(self.root, split, self.subsets)
+
+
+class RPHarmonyDataModule(IHarmony4DataModule):
+    """RPHarmony (R2R's Random-Poisson-Blending set): ``<root>/{R-ADE20K,R-DUTS}/...``.
+
+    Same layout and naming as iHarmony4; list files ``IHD_<split>.txt``, ``<split>.txt`` or
+    ``<split>.jsonl`` at the root, or per subset ``<Subset>/<Subset>_<split>.txt``.
+
+    Args:
+        root: The data set root.
+        subsets: The subsets to use (default: R-ADE20K, R-DUTS).
+        val_fraction: Share of training photos held out for validation.
+        **kwargs: See :class:`HarmonyDataModule`.
+    """
+
+    default_subsets = ("R-ADE20K", "R-DUTS")
+
+    def __init__(
+        self,
+        root: str | Path = "data/RPHarmony",
+        subsets: list[str] | None = None,
+        val_fraction: float = 0.01,
+        image_size: int = 256,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        eval_size: int = 256,
+        augment: bool = True,
+        min_foreground: float = 0.01,
+    ) -> None:
+        super().__init__(
+            root,
+            subsets,
+            val_fraction,
+            image_size,
+            batch_size,
+            num_workers,
+            eval_size,
+            augment,
+            min_foreground,
+        )
+
+
+class TripletFoldersDataModule(HarmonyDataModule):
+    """Data whose layout is a folder per role, matched by file stem (Human Harmony, RealHM, your own).
+
+    ``<root>/<split>/<composite_dir>``, ``<mask_dir>``, ``<target_dir>``; a split folder that does not
+    exist falls back to ``<root>`` itself (a single evaluation set such as RealHM).
+
+    Args:
+        root: The data set root.
+        composite_dir: Name of the composites folder.
+        mask_dir: Name of the masks folder.
+        target_dir: Name of the ground-truth folder.
+        mask_suffix: Extra text after the stem in mask names (e.g. ``_mask``).
+        subset: Name results are reported under.
+        val_fraction: Share of training photos held out for validation when there is no ``val`` folder.
+        **kwargs: See :class:`HarmonyDataModule`.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        composite_dir: str = "composite_images",
+        mask_dir: str = "masks",
+        target_dir: str = "real_images",
+        mask_suffix: str = "",
+        subset: str = "images",
+        val_fraction: float = 0.01,
+        image_size: int = 256,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        eval_size: int = 256,
+        augment: bool = True,
+        min_foreground: float = 0.01,
+    ) -> None:
+        super().__init__(image_size, batch_size, num_workers, eval_size, augment, min_foreground)
+        self.root = Path(root)
+        self.composite_dir = composite_dir
+        self.mask_dir = mask_dir
+        self.target_dir = target_dir
+        self.mask_suffix = mask_suffix
+        self.subset = subset
+        self.val_fraction = val_fraction
+
+    def _list(self, folder: Path) -> list[TripletRecord]:
+        return list_matched_folders(
+            folder / self.composite_dir,
+            folder / self.mask_dir,
+            folder / self.target_dir,
+            self.subset,
+            self.mask_suffix,
+        )
+
+    def list_records(self, split: Split) -> list[TripletRecord]:
+        """List the split's folder (or the root when it has no split folders)."""
+        split = "test" if split == "predict" else split
+        if (self.root / split).is_dir():
+            return self._list(self.root / split)
+        if split == "val" and (self.root / "train").is_dir():
+            return holdout(self._list(self.root / "train"), self.val_fraction, True)
+        if split == "train" and (self.root / "train").is_dir():
+            return holdout(self._list(self.root / "train"), self.val_fraction, False)
+        return self._list(self.root)
+
+
+class HumanHarmonyDataModule(IHarmony4DataModule):
+    """Human Harmony (DiffHarmony++): iHarmony4-style naming and list files.
+
+    ``<root>/HumanHarmony/{composite_images,masks,real_images}`` with ``IHD_train.txt``/``IHD_test.txt``
+    (or ``train.jsonl``/``test.jsonl``) at the root. Use :class:`TripletFoldersDataModule` if your copy
+    is laid out as folders matched by stem.
+
+    Args:
+        root: The data set root.
+        subsets: The subsets to use (default: HumanHarmony).
+        val_fraction: Share of training photos held out for validation.
+        **kwargs: See :class:`HarmonyDataModule`.
+    """
+
+    default_subsets = ("HumanHarmony",)
+
+    def __init__(
+        self,
+        root: str | Path = "data/HumanHarmony",
+        subsets: list[str] | None = None,
+        val_fraction: float = 0.01,
+        image_size: int = 256,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        eval_size: int = 256,
+        augment: bool = True,
+        min_foreground: float = 0.01,
+    ) -> None:
+        super().__init__(
+            root,
+            subsets,
+            val_fraction,
+            image_size,
+            batch_size,
+            num_workers,
+            eval_size,
+            augment,
+            min_foreground,
+        )
+
+
+class RealHMDataModule(TripletFoldersDataModule):
+    """RealHM (216 expert-harmonized real composites; evaluation only).
+
+    Its public layout is undocumented; the folder names are configurable. Defaults:
+    ``<root>/{composite,mask,target}`` matched by stem.
+
+    Args:
+        root: The data set root.
+        composite_dir: Name of the composites folder.
+        mask_dir: Name of the masks folder.
+        target_dir: Name of the expert-harmonized ground-truth folder.
+        mask_suffix: Extra text after the stem in mask names.
+        **kwargs: See :class:`HarmonyDataModule`.
+    """
+
+    def __init__(
+        self,
+        root: str | Path = "data/RealHM",
+        composite_dir: str = "composite",
+        mask_dir: str = "mask",
+        target_dir: str = "target",
+        mask_suffix: str = "",
+        image_size: int = 256,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        eval_size: int = 256,
+    ) -> None:
+        super().__init__(
+            root,
+            composite_dir,
+            mask_dir,
+            target_dir,
+            mask_suffix,
+            "RealHM",
+            0.0,
+            image_size,
+            batch_size,
+            num_workers,
+            eval_size,
+            augment=False,
+        )
+
+    def list_records(self, split: Split) -> list[TripletRecord]:
+        """RealHM is an evaluation set: training on it is refused."""
+        if split == "train":
+            raise HarmonyInputError(
+                self.root, "RealHM is an evaluation-only data set; it has no training split"
+            )
+        return self._list(self.root)
+
+
+class FolderDataModule(HarmonyDataModule):
+    """Your own composites and masks, without ground truth, for ``harmony predict``.
+
+    Args:
+        composites: Folder of composites.
+        masks: Folder of masks named like the composites (plus ``mask_suffix``).
+        mask_suffix: Extra text after the stem in mask names (e.g. ``_mask``).
+        image_size: Side length the model sees; outputs are written at the original size.
+        batch_size: Images per batch.
+        num_workers: DataLoader worker processes.
+    """
+
+    def __init__(
+        self,
+        composites: str | Path,
+        masks: str | Path,
+        mask_suffix: str = "",
+        image_size: int = 256,
+        batch_size: int = 1,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(image_size, batch_size, num_workers, augment=False)
+        self.composites = Path(composites)
+        self.masks = Path(masks)
+        self.mask_suffix = mask_suffix
+
+    def list_records(self, split: Split) -> list[TripletRecord]:
+        """Only prediction is possible without ground truth."""
+        if split != "predict":
+            raise HarmonyInputError(
+                self.composites, f"a folder without ground truth supports predict only, not {split}"
+            )
+        return list_matched_folders(self.composites, self.masks, None, "images", self.mask_suffix)

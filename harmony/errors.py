@@ -1,0 +1,26 @@
+"""The one exception type users see as a clean one-line error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class HarmonyInputError(ValueError):
+    """A problem with user-provided input (a file, a folder, a configuration value).
+
+    The command-line entry point prints ``harmony: error: <message>`` and exits non-zero, without a
+    traceback. The message always names the file it concerns.
+
+    Args:
+        path: The file or folder the problem concerns (``None`` when there is none).
+        problem: What is wrong, in a few words.
+    """
+
+    def __init__(self, path: str | Path | None, problem: str) -> None:
+        self.path = None if path is None else Path(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}" if path is not None else problem)
+
+    def __reduce__(self) -> tuple[type, tuple[Path | None, str]]:
+        # Errors raised in DataLoader or pool workers must survive pickling back to the parent.
+        return (type(self), (self.path, self.problem))

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.fixtures.trees import make_iharmony4_tree
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def iharmony4_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny iHarmony4-layout tree shared by the session (read-only for tests)."""
+    return make_iharmony4_tree(tmp_path_factory.mktemp("iharmony4"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small SyntheticHarmony tree (64 px) shared by the session."""
+    from harmony.data.synthetic import generate_synthetic_harmony
+
+    root = tmp_path_factory.mktemp("synthetic") / "tree"
+    return generate_synthetic_harmony(
+        root, seed=0, num_train=16, num_val=4, num_test=8, image_size=64, show_progress=False
+    )
+
+
+@pytest.fixture(autouse=True)
+def _run_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Lightning logs, predictions and checkpoints land in the test's own folder.
+    monkeypatch.chdir(tmp_path)
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The repository root (tests run inside their own tmp folder)."""
+    return REPO_ROOT

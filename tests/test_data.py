@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from harmony.data import FolderDataModule, IHarmony4DataModule, TripletFoldersDataModule
+from harmony.data import types as keys
+from harmony.data.records import holdout, iharmony4_record, list_iharmony4
+from harmony.data.transforms import PairedTrainTransform
+from harmony.errors import HarmonyInputError
+
+
+def test_name_rule_splits_from_the_right() -> None:
+    record = iharmony4_record(Path("/r"), "Hday2night/composite_images/d1048-20120628-200951_1_3.jpg")
+    assert record.mask == Path("/r/Hday2night/masks/d1048-20120628-200951_1.png")
+    assert record.target == Path("/r/Hday2night/real_images/d1048-20120628-200951.jpg")
+    assert (record.name, record.subset) == ("d1048-20120628-200951_1_3", "Hday2night")
+    rp = iharmony4_record(Path("/r"), "R-DUTS/composite_images/rd_ILSVRC_0001_1_2.jpg")
+    assert rp.mask.name == "rd_ILSVRC_0001_1.png" and rp.target.name == "rd_ILSVRC_0001.jpg"
+
+
+def test_list_iharmony4_reads_official_and_per_subset_lists(iharmony4_root: Path, tmp_path: Path) -> None:
+    test = list_iharmony4(iharmony4_root, "test")
+    assert len(test) == 8 and {r.subset for r in test} == {"HCOCO", "HAdobe5k", "HFlickr", "Hday2night"}
+    assert all(r.composite.is_file() and r.mask.is_file() and r.target.is_file() for r in test)
+    # Per-subset lists of bare names (R2R's layout) give the same records.
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(iharmony4_root, copy)
+    (copy / "IHD_test.txt").unlink()
+    for subset in ("HCOCO", "HAdobe5k", "HFlickr", "Hday2night"):
+        names = [r.composite.name for r in test if r.subset == subset]
+        (copy / subset / f"{subset}_test.txt").write_text("\n".join(names) + "\n")
+    assert sorted(r.name for r in list_iharmony4(copy, "test")) == sorted(r.name for r in test)
+    with pytest.raises(HarmonyInputError, match="no list file for split 'val'"):
+        list_iharmony4(copy, "val")
+
+
+def test_holdout_is_disjoint_by_photo(iharmony4_root: Path) -> None:
+    train = list_iharmony4(iharmony4_root, "train")
+    held, kept = holdout(train, 0.3, True), holdout(train, 0.3, False)
+    assert len(held) + len(kept) == len(train)
+    assert not {r.target for r in held} & {r.target for r in kept}
+
+
+def test_paired_transform_moves_image_mask_and_target_together() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    mask = np.zeros((64, 80), np.float32)
+    mask[20:40, 30:60] = 1
+    target = image.copy()
+    transform = PairedTrainTransform(32)
+    for _ in range(5):
+        out_image, out_mask, out_target = transform(image, mask, target)
+        assert out_image.shape == (32, 32, 3) and out_mask.shape == (32, 32)
+        np.testing.assert_array_equal(out_image, out_target)
+        assert (out_mask >= 0.5).mean() >= 0.01
+
+
+def test_paired_transform_falls_back_to_resize_when_foreground_is_tiny() -> None:
+    image = np.zeros((200, 200, 3), np.uint8)
+    mask = np.zeros((200, 200), np.float32)
+    mask[0:4, 0:4] = 1  # 0.04 % of the image: no crop can reach 1 %
+    _, out_mask, _ = PairedTrainTransform(50, min_foreground=0.5)(image, mask, None)
+    assert out_mask.shape == (50, 50)
+
+
+def test_datamodule_batches_follow_the_shared_format(iharmony4_root: Path) -> None:
+    dm = IHarmony4DataModule(iharmony4_root, image_size=32, batch_size=4, eval_size=24, val_fraction=0.3)
+    dm.setup("fit")
+    dm.setup("test")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch[keys.COMPOSITE].shape == (4, 3, 32, 32) and batch[keys.TARGET].dtype == torch.float32
+    assert set(batch[keys.MASK].unique().tolist()) <= {0.0, 1.0}
+    test = next(iter(dm.test_dataloader()))
+    assert test[keys.EVAL_TARGET].dtype == torch.uint8 and test[keys.EVAL_TARGET].shape[-1] == 24
+    assert test[keys.ORIGINAL_SIZE][0].tolist() == [40, 48]
+    # Without augmentation the working images are the PIL-bilinear resize of the files.
+    record = dm.datasets["test"].records[0]
+    expected = np.asarray(Image.open(record.composite).convert("RGB").resize((32, 32), Image.BILINEAR))
+    got = (test[keys.COMPOSITE][0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_mask_size_mismatch_is_an_error_naming_both_files(iharmony4_root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "bad"
+    shutil.copytree(iharmony4_root, copy)
+    record = list_iharmony4(copy, "test")[0]
+    Image.new("L", (10, 10), 255).save(record.mask)
+    dm = IHarmony4DataModule(copy, image_size=16, batch_size=1)
+    dm.setup("test")
+    with pytest.raises(
+        HarmonyInputError, match=rf"{record.mask.name}: mask is 10x10 but image .*{record.composite.name}"
+    ):
+        next(iter(dm.test_dataloader()))
+
+
+def test_folder_datamodules(tmp_path: Path) -> None:
+    for folder in ("composite", "mask", "target"):
+        (tmp_path / folder).mkdir()
+    for stem in ("x", "y"):
+        Image.new("RGB", (20, 10), (200, 10, 10)).save(tmp_path / "composite" / f"{stem}.jpg")
+        Image.new("L", (20, 10), 255).save(tmp_path / "mask" / f"{stem}_mask.png")
+        Image.new("RGB", (20, 10), (10, 200, 10)).save(tmp_path / "target" / f"{stem}.png")
+    folders = TripletFoldersDataModule(
+        tmp_path, "composite", "mask", "target", mask_suffix="_mask", image_size=8
+    )
+    folders.setup("test")
+    assert len(folders.datasets["test"]) == 2
+    predict = FolderDataModule(tmp_path / "composite", tmp_path / "mask", mask_suffix="_mask", image_size=8)
+    predict.setup("predict")
+    sample = predict.datasets["predict"][0]
+    assert keys.TARGET not in sample and sample[keys.COMPOSITE].shape == (3, 8, 8)
+    with pytest.raises(HarmonyInputError, match="no mask named x"):
+        FolderDataModule(tmp_path / "composite", tmp_path / "mask").list_records("predict")
