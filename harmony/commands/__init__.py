@@ -1,0 +1,1 @@
+"""The toolkit's own commands (score, summary, check-data, harmonize, quickstart)."""
