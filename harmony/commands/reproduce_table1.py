@@ -1,0 +1,166 @@
+"""``make reproduce-table1``: every row we can evaluate on the iHarmony4 test split, beside the papers.
+
+Rows: the Composite and the training-free baselines always; each method whose checkpoint is present
+under ``checkpoints/`` (see checkpoints/README.md). Every row goes through the shared evaluator
+(``iharmony4`` protocol); the Composite is also scored under the ``bcmi`` protocol, which is what
+reproduces the Composite PSNRs printed by Li et al. Writes ``table1.md`` and ``table1.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from lightning.pytorch import Trainer
+
+from harmony.commands.paper_numbers import PAPER_NUMBERS, SUBSETS
+from harmony.data import IHarmony4DataModule
+from harmony.data.io import save_json, save_text
+from harmony.data.records import list_iharmony4
+from harmony.errors import HarmonyInputError
+from harmony.methods import Composite, HarmonizationModule, HistogramMatching, ReinhardLabTransfer
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Trained methods: (config, checkpoint). A row appears when its checkpoint exists.
+METHOD_ROWS: dict[str, tuple[str, str]] = {
+    "SemiSupervisedParametric": (
+        "experiments/semi_supervised_parametric.yaml",
+        "checkpoints/semi_supervised_parametric.ckpt",
+    ),
+    "DiffHarmony": ("experiments/diffharmony.yaml", "checkpoints/diffharmony.ckpt"),
+    "DiffHarmonyPlusPlus": ("experiments/diffharmony_plusplus.yaml", "checkpoints/diffharmony_plusplus.ckpt"),
+}
+
+
+def load_method(config: Path, checkpoint: Path) -> HarmonizationModule:
+    """Build a config's model and load a trained checkpoint's weights into it."""
+    import torch
+
+    from harmony.commands.summary import build_model
+
+    model = build_model([str(config)], [])
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["state_dict"] if "state_dict" in state else state)
+    return model  # type: ignore[return-value]
+
+
+def evaluate(module: HarmonizationModule, root: Path, batch_size: int, num_workers: int) -> dict:
+    """Score a module on the test split with the shared evaluator."""
+    datamodule = IHarmony4DataModule(
+        root, image_size=module.inference_size, batch_size=batch_size, num_workers=num_workers, augment=False
+    )
+    trainer = Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False)
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    return module.test_results
+
+
+def score_composites(root: Path, protocol: str) -> dict:
+    """Score the composite files themselves with ``harmony score`` (predictions = composites)."""
+    from harmony.commands import score
+
+    with tempfile.TemporaryDirectory() as folder:
+        predictions = Path(folder) / "predictions"
+        predictions.mkdir()
+        for record in list_iharmony4(root, "test"):
+            os.symlink(record.composite.resolve(), predictions / record.composite.name)
+        output = Path(folder) / "scores.json"
+        args = [
+            "--data-root",
+            str(root),
+            "--predictions",
+            str(predictions),
+            "--protocol",
+            protocol,
+            "--output",
+            str(output),
+        ]
+        if score.main(args) != 0:
+            raise HarmonyInputError(root, f"scoring the composites under {protocol} failed")
+        return json.loads(output.read_text())["results"]
+
+
+def _cell(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def render_markdown(table: dict[str, dict]) -> str:
+    """One line per row and source: PSNR / MSE / fMSE per subset."""
+    header = "| row | source | " + " | ".join(f"{s} PSNR / MSE / fMSE" for s in SUBSETS) + " |"
+    lines = [header, "|" + "---|" * (len(SUBSETS) + 2)]
+    for row, entry in table.items():
+        ours = entry["results"]
+        cells = [
+            f"{_cell(ours[g]['psnr'], 2)} / {_cell(ours[g]['mse'], 2)} / {_cell(ours[g]['fmse'], 2)}"
+            if g in ours
+            else "–"
+            for g in SUBSETS
+        ]
+        lines.append(f"| {row} | harmony ({entry['protocol']}) | " + " | ".join(cells) + " |")
+        paper_row = row.split(" (")[0]
+        for source, numbers in PAPER_NUMBERS.get(paper_row, {}).items():
+            if entry["protocol"] == "bcmi" and "bcmi" not in source:
+                continue
+            cells = [
+                "{} / {} / {}".format(*(_cell(v, 2) for v in numbers[g])) if g in numbers else "–"
+                for g in SUBSETS
+            ]
+            lines.append(f"| {row} | {source} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Evaluate every available row and write the table."""
+    parser = argparse.ArgumentParser(prog="reproduce-table1", description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", type=Path, default=Path("data/iHarmony4"), help="iHarmony4 root")
+    parser.add_argument("--output-dir", type=Path, default=Path("results"), help="where table1.{md,json} go")
+    parser.add_argument("--batch-size", type=int, default=16, help="evaluation batch size")
+    parser.add_argument(
+        "--workers", type=int, default=min(4, os.cpu_count() or 1), help="data loading workers"
+    )
+    parser.add_argument("--rows", nargs="*", help="only these rows (default: every available row)")
+    args = parser.parse_args(argv)
+    if not args.data_root.is_dir():
+        raise HarmonyInputError(
+            args.data_root, "iHarmony4 not found; see data/README.md for where to get it and the layout"
+        )
+    list_iharmony4(args.data_root, "test")  # fails early, in one line, on a malformed root
+
+    modules: dict[str, HarmonizationModule] = {
+        "Composite": Composite(),
+        "ReinhardLabTransfer": ReinhardLabTransfer(),
+        "HistogramMatching": HistogramMatching(),
+    }
+    for row, (config, checkpoint) in METHOD_ROWS.items():
+        if (REPO / checkpoint).is_file():
+            modules[row] = load_method(REPO / config, REPO / checkpoint)
+        else:
+            print(f"{row}: skipped (no checkpoint at {checkpoint})", file=sys.stderr)
+    table: dict[str, dict] = {}
+    for row, module in modules.items():
+        if args.rows and row not in args.rows:
+            continue
+        print(f"evaluating {row} …", file=sys.stderr)
+        table[row] = {
+            "protocol": "iharmony4",
+            "results": evaluate(module, args.data_root, args.batch_size, args.workers),
+        }
+    if not args.rows or "Composite" in args.rows:
+        table["Composite (bcmi)"] = {"protocol": "bcmi", "results": score_composites(args.data_root, "bcmi")}
+
+    markdown = render_markdown(table)
+    save_text(args.output_dir / "table1.md", "# iHarmony4 test split (256×256)\n\n" + markdown)
+    save_json(args.output_dir / "table1.json", table)
+    print(markdown)
+    print(f"wrote {args.output_dir / 'table1.md'} and {args.output_dir / 'table1.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    from harmony.cli import run_tool
+
+    raise SystemExit(run_tool(main, sys.argv[1:]))

@@ -1,0 +1,66 @@
+"""``harmony summary``: the parameter counts of the model a config describes.
+
+The model is built with random weights: nothing is downloaded and no data is read (methods load
+pretrained weights only when training or inference starts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from torch import nn
+
+from harmony.errors import HarmonyInputError
+
+
+def count_parameters(module: nn.Module) -> dict[str, object]:
+    """Total, trainable and per-direct-child parameter counts (children without parameters omitted)."""
+    children = {name: sum(p.numel() for p in child.parameters()) for name, child in module.named_children()}
+    return {
+        "total": sum(p.numel() for p in module.parameters()),
+        "trainable": sum(p.numel() for p in module.parameters() if p.requires_grad),
+        "children": {name: count for name, count in children.items() if count > 0},
+    }
+
+
+def build_model(configs: list[str], overrides: list[str]) -> nn.Module:
+    """Instantiate the ``model`` of one or more composed LightningCLI configs."""
+    from harmony.cli import make_cli
+
+    args: list[str] = []
+    for config in configs:
+        if not Path(config).is_file():
+            raise HarmonyInputError(config, "config file not found")
+        args += ["--config", config]
+    overrides = [*overrides, "--trainer.logger=false", "--trainer.accelerator=cpu", "--trainer.devices=1"]
+    return make_cli(args + overrides, run=False).model
+
+
+def _millions(count: int) -> str:
+    return f"{count / 1e6:,.2f}M"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the parameter counts of a config's model (a table, or JSON with ``--json``)."""
+    parser = argparse.ArgumentParser(prog="harmony summary", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action="append", required=True, help="a LightningCLI config (repeatable)")
+    parser.add_argument(
+        "--json", action="store_true", help='print {"total", "trainable", "children"} as JSON'
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="extra LightningCLI arguments, e.g. --model.init_args.x=1"
+    )
+    args, unknown = parser.parse_known_args(argv)
+    model = build_model(args.config, args.overrides + unknown)
+    counts = count_parameters(model)
+    if args.json:
+        print(json.dumps(counts, indent=2))
+        return 0
+    print(f"{type(model).__name__} ({', '.join(args.config)})")
+    for name, count in counts["children"].items():  # type: ignore[union-attr]
+        print(f"  {name:<28} {count:>15,}  {_millions(count):>10}")
+    print(f"  {'total':<28} {counts['total']:>15,}  {_millions(counts['total']):>10}")  # type: ignore[arg-type]
+    print(f"  {'trainable':<28} {counts['trainable']:>15,}  {_millions(counts['trainable']):>10}")  # type: ignore[arg-type]
+    return 0

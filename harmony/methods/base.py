@@ -1,0 +1,217 @@
+"""The base every harmonization method (and baseline) derives from.
+
+A method implements :meth:`HarmonizationModule.harmonize` (and, if it trains, ``training_step`` and
+``configure_optimizers``). Validation, test, prediction, the evaluator, image logging and full-resolution
+use are shared here, so every method is scored by the same code.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
+from PIL import Image
+
+from harmony.data import types as keys
+from harmony.data.io import read_mask, read_rgb, save_rgb
+from harmony.metrics import HarmonizationEvaluator, format_results_table, results_to_json
+
+Batch = dict[str, Any]
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Quantise ``[0, 1]`` images to ``uint8`` the way an 8-bit file stores them (round half up)."""
+    return (images.detach().float().clamp(0, 1) * 255 + 0.5).floor().to(torch.uint8)
+
+
+def resize_uint8_batch(images: torch.Tensor, size: int, resample: int) -> torch.Tensor:
+    """Resize a ``uint8`` ``B×3×H×W`` batch to ``size×size`` with PIL, exactly as files are resized."""
+    if images.shape[-2:] == (size, size):
+        return images
+    arrays = images.permute(0, 2, 3, 1).cpu().numpy()
+    resized = [np.asarray(Image.fromarray(a).resize((size, size), resample)) for a in arrays]
+    return torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2).to(images.device)
+
+
+def blend_full_resolution(prediction: np.ndarray, composite: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Resize a ``uint8`` prediction to the composite's size and blend it in with the soft mask.
+
+    Pixels whose mask is exactly 0 keep the composite's value bit for bit.
+
+    Args:
+        prediction: ``h×w×3`` ``uint8`` output of a method at its working resolution.
+        composite: ``H×W×3`` ``uint8`` original composite.
+        mask: ``H×W`` soft mask in ``[0, 1]``.
+    """
+    height, width = composite.shape[:2]
+    if prediction.shape[:2] != (height, width):
+        prediction = np.asarray(Image.fromarray(prediction).resize((width, height), Image.BILINEAR))
+    alpha = mask[..., None].astype(np.float32)
+    blended = prediction.astype(np.float32) * alpha + composite.astype(np.float32) * (1 - alpha)
+    output = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    return np.where(alpha > 0, output, composite)
+
+
+def paste_background(prediction: torch.Tensor, composite: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Keep ``prediction`` inside ``mask`` and the composite elsewhere (soft masks blend)."""
+    return prediction * mask + composite * (1 - mask)
+
+
+class HarmonizationModule(LightningModule, ABC):
+    """Base LightningModule of every harmonization method in harmony.
+
+    Subclasses implement :meth:`harmonize`. The base scores ``validate``/``test`` through
+    :class:`~harmony.metrics.HarmonizationEvaluator` (the default ``iharmony4`` protocol) and writes
+    ``predict`` outputs as ``<name>.png`` at the composite's original resolution.
+
+    Args:
+        compute_lpips: Also report LPIPS at test time (needs the LPIPS/AlexNet weights; when they are
+            missing the report says so instead of scoring).
+        predictions_dir: Where ``harmony predict`` writes ``<name>.png`` files.
+        inference_size: Side length the method works at when used on a user's image of any size
+            (``harmony harmonize``); the output is resized back and pasted at full resolution.
+    """
+
+    def __init__(
+        self,
+        compute_lpips: bool = False,
+        predictions_dir: str = "outputs/predictions",
+        inference_size: int = 256,
+    ) -> None:
+        super().__init__()
+        self.predictions_dir = Path(predictions_dir)
+        self.inference_size = inference_size
+        self.val_evaluator = HarmonizationEvaluator(protocol="iharmony4")
+        self.test_evaluator = HarmonizationEvaluator(protocol="iharmony4", compute_lpips=compute_lpips)
+        self.test_results: dict[str, dict[str, float]] = {}
+
+    @abstractmethod
+    def harmonize(self, batch: Batch) -> torch.Tensor:
+        """Harmonize a batch.
+
+        Args:
+            batch: A batch in the format of :mod:`harmony.data.types` (``composite`` and ``mask`` at
+                the batch's working resolution, images in ``[0, 1]``).
+
+        Returns:
+            ``B×3×H×W`` images in ``[0, 1]`` at the batch's resolution.
+        """
+
+    # --- evaluation -------------------------------------------------------------------------------
+    def _evaluate(self, batch: Batch, evaluator: HarmonizationEvaluator) -> torch.Tensor:
+        prediction = self.harmonize(batch).float().clamp(0, 1)
+        eval_target = batch[keys.EVAL_TARGET]
+        size = eval_target.shape[-1]
+        prediction_eval = resize_uint8_batch(to_uint8(prediction), size, evaluator.protocol.resample)
+        evaluator.update(
+            prediction_eval,
+            eval_target,
+            batch[keys.EVAL_MASK],
+            batch[keys.EVAL_COMPOSITE],
+            batch[keys.SUBSET],
+        )
+        return prediction
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        """Score a validation batch with the shared evaluator."""
+        prediction = self._evaluate(batch, self.val_evaluator)
+        if batch_idx == 0:
+            self._log_images(batch, prediction)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log ``val/{mse,psnr,fmse}`` over the whole validation set."""
+        overall = self.val_evaluator.compute()["all"]
+        self.val_evaluator.reset()
+        for metric in ("mse", "psnr", "fmse"):
+            self.log(f"val/{metric}", float(overall[metric]), sync_dist=False)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        """Score a test batch with the shared evaluator."""
+        self._evaluate(batch, self.test_evaluator)
+
+    def on_test_epoch_end(self) -> None:
+        """Log every group's metrics, print the results table and write ``test_metrics.json``."""
+        self.test_results = self.test_evaluator.compute()
+        self.test_evaluator.reset()
+        for group, metrics in self.test_results.items():
+            for metric, value in metrics.items():
+                self.log(f"test/{group}/{metric}", float(value), sync_dist=False)
+        if self.trainer.is_global_zero:
+            rank_zero_info(format_results_table(self.test_results, title=type(self).__name__))
+            log_dir = self.trainer.log_dir
+            if log_dir is not None:
+                payload = results_to_json(self.test_evaluator.protocol, self.test_results)
+                Path(log_dir).mkdir(parents=True, exist_ok=True)
+                (Path(log_dir) / "test_metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
+
+    def _log_images(self, batch: Batch, prediction: torch.Tensor, count: int = 4) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if experiment is None or not hasattr(experiment, "add_image"):
+            return
+        rows = [batch[keys.COMPOSITE][:count], prediction[:count]]
+        if keys.TARGET in batch:
+            rows.append(batch[keys.TARGET][:count])
+        grid = torch.cat([torch.cat(list(row), dim=-1) for row in rows], dim=-2)
+        experiment.add_image("val/composite_prediction_target", grid.float().clamp(0, 1), self.global_step)
+
+    # --- prediction -------------------------------------------------------------------------------
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[Path]:
+        """Harmonize a batch and write each result as ``<name>.png`` at its original resolution."""
+        prediction = self.harmonize(batch).float().clamp(0, 1)
+        written = []
+        for index, name in enumerate(batch[keys.NAME]):
+            composite_path = batch[keys.COMPOSITE_PATH][index]
+            mask_path = batch[keys.MASK_PATH][index]
+            output = self._to_original_resolution(prediction[index], composite_path, mask_path)
+            path = self.predictions_dir / f"{name}.png"
+            save_rgb(path, output)
+            written.append(path)
+        return written
+
+    @staticmethod
+    def _to_original_resolution(prediction: torch.Tensor, composite_path: str, mask_path: str) -> np.ndarray:
+        image = to_uint8(prediction).permute(1, 2, 0).cpu().numpy()
+        return blend_full_resolution(image, read_rgb(composite_path), read_mask(mask_path))
+
+    # --- any-resolution use -----------------------------------------------------------------------
+    @torch.no_grad()
+    def harmonize_image(self, composite: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Harmonize one image of any size.
+
+        The method runs at ``inference_size``; its output is resized back to the image's size and
+        blended into the composite with the (soft) mask, so the background stays bit-identical.
+
+        Args:
+            composite: ``H×W×3`` ``uint8`` RGB composite.
+            mask: ``H×W`` soft mask in ``[0, 1]`` (1 = foreground).
+
+        Returns:
+            The harmonized ``H×W×3`` ``uint8`` image.
+        """
+        size = self.inference_size
+        small = np.asarray(Image.fromarray(composite).resize((size, size), Image.BILINEAR))
+        small_mask = np.asarray(
+            Image.fromarray((mask * 255 + 0.5).astype(np.uint8)).resize((size, size), Image.NEAREST)
+        )
+        batch = {
+            keys.COMPOSITE: torch.from_numpy(small).permute(2, 0, 1)[None].float().div(255).to(self.device),
+            keys.MASK: torch.from_numpy((small_mask >= 128).astype(np.float32))[None, None].to(self.device),
+        }
+        prediction = self.harmonize(batch).float().clamp(0, 1)[0]
+        return blend_full_resolution(to_uint8(prediction).permute(1, 2, 0).cpu().numpy(), composite, mask)
+
+    @staticmethod
+    def interpolate_like(images: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Bilinearly resize ``images`` to the spatial size of ``like`` (no-op when equal)."""
+        if images.shape[-2:] == like.shape[-2:]:
+            return images
+        return F.interpolate(
+            images, size=like.shape[-2:], mode="bilinear", align_corners=False, antialias=True
+        )

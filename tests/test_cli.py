@@ -1,0 +1,198 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from harmony.cli import main
+from harmony.data.records import list_iharmony4
+from tests.conftest import REPO_ROOT
+
+EXPERIMENTS = sorted((REPO_ROOT / "experiments").rglob("*.yaml"))
+TEST_CONFIGS = sorted((REPO_ROOT / "tests" / "configs").glob("*.yaml"))
+
+
+def test_python_m_harmony_help_and_version() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "harmony", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for command in (
+        "fit",
+        "validate",
+        "test",
+        "predict",
+        "score",
+        "summary",
+        "check-data",
+        "harmonize",
+        "quickstart",
+    ):
+        assert f"  {command} " in out
+    version = subprocess.run(
+        [sys.executable, "-m", "harmony", "--version"], capture_output=True, text=True, check=True
+    )
+    assert version.stdout.startswith("harmony ")
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS + TEST_CONFIGS, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_every_config_parses(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "class_path" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("baseline", ["Composite", "ReinhardLabTransfer", "HistogramMatching"])
+def test_baselines_test_and_predict(baseline: str, iharmony4_root: Path, tmp_path: Path) -> None:
+    config = str(REPO_ROOT / "tests" / "configs" / "baseline_iharmony4.yaml")
+    common = [
+        "--config",
+        config,
+        "--model",
+        f"harmony.methods.{baseline}",
+        f"--data.init_args.root={iharmony4_root}",
+    ]
+    assert main(["test", *common]) == 0
+    predictions = tmp_path / "predictions"
+    assert main(["predict", *common, f"--model.init_args.predictions_dir={predictions}"]) == 0
+    records = list_iharmony4(iharmony4_root, "test")
+    for record in records:
+        output = np.asarray(Image.open(predictions / f"{record.name}.png"))
+        composite = np.asarray(Image.open(record.composite).convert("RGB"))
+        assert output.shape == composite.shape  # written at the original resolution
+        background = np.asarray(Image.open(record.mask).convert("L")) == 0
+        np.testing.assert_array_equal(output[background], composite[background])
+        if baseline == "Composite":
+            # The foreground went through the 32-px working size and back: close, not equal.
+            assert np.abs(output.astype(int) - composite.astype(int)).mean() < 8
+
+
+def test_harmony_test_agrees_with_harmony_score(tmp_path: Path) -> None:
+    from harmony.cli import make_cli
+    from harmony.commands import score
+    from harmony.methods import ReinhardLabTransfer
+    from tests.fixtures.trees import make_iharmony4_tree
+
+    # Originals at the evaluator's size: predictions are written without resampling, so the two paths
+    # (in-process `harmony test`, and `harmony predict` files scored by `harmony score`) must agree.
+    root = make_iharmony4_tree(tmp_path / "tree", {"HCOCO": (0, 3), "Hday2night": (0, 2)}, size=(256, 256))
+    predictions = tmp_path / "predictions"
+    config = str(REPO_ROOT / "tests" / "configs" / "baseline_iharmony4.yaml")
+    common = [
+        "--config",
+        config,
+        "--model",
+        "harmony.methods.ReinhardLabTransfer",
+        f"--data.init_args.root={root}",
+    ]
+    common += ["--data.init_args.image_size=256"]
+    assert main(["predict", *common, f"--model.init_args.predictions_dir={predictions}"]) == 0
+    assert (
+        score.main(
+            [
+                "--data-root",
+                str(root),
+                "--predictions",
+                str(predictions),
+                "--output",
+                str(tmp_path / "s.json"),
+            ]
+        )
+        == 0
+    )
+    scored = json.loads((tmp_path / "s.json").read_text())["results"]
+
+    cli = make_cli(common, run=False)
+    cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+    assert isinstance(cli.model, ReinhardLabTransfer)
+    tested = cli.model.test_results
+    assert set(tested) == set(scored)
+    for group in scored:
+        for metric in ("n", "mse", "psnr", "fmse", "ssim"):
+            assert tested[group][metric] == pytest.approx(scored[group][metric], rel=1e-12), (group, metric)
+
+
+def test_summary_counts_parameters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = str(REPO_ROOT / "tests" / "configs" / "baseline_iharmony4.yaml")
+    assert main(["summary", "--config", config, "--json"]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    assert counts == {"total": 0, "trainable": 0, "children": {}}
+    assert main(["summary", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml: config file not found" in capsys.readouterr().err
+
+
+def test_check_data_counts_and_problems(
+    iharmony4_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    # The tiny tree is sound but far smaller than the official splits: counts are problems.
+    assert main(["check-data", "--root", str(iharmony4_root), "--split", "test"]) == 1
+    out = capsys.readouterr().out
+    assert "HCOCO" in out and "expected 4283" in out
+    bad = tmp_path / "bad"
+    shutil.copytree(iharmony4_root, bad)
+    records = list_iharmony4(bad, "test")
+    Image.new("L", (48, 40), 0).save(records[0].mask)
+    records[1].target.write_bytes(b"broken")
+    Image.new("L", (10, 10), 255).save(records[2].mask)
+    assert main(["check-data", "--root", str(bad), "--split", "test"]) == 1
+    out = capsys.readouterr().out
+    assert f"{records[0].mask}: empty mask" in out
+    assert f"{records[1].target}: cannot decode" in out
+    assert f"mask {records[2].mask} is 10x10" in out
+
+
+def test_reproduce_table1_without_data_is_one_clear_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harmony.commands.reproduce_table1",
+            "--data-root",
+            str(tmp_path / "nope"),
+            "--output-dir",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "data/README.md" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_reproduce_table1_composite_row_equals_score(iharmony4_root: Path, tmp_path: Path) -> None:
+    from harmony.commands import reproduce_table1
+
+    assert (
+        reproduce_table1.main(
+            [
+                "--data-root",
+                str(iharmony4_root),
+                "--output-dir",
+                str(tmp_path),
+                "--workers",
+                "0",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
+    table = json.loads((tmp_path / "table1.json").read_text())
+    assert {"Composite", "ReinhardLabTransfer", "HistogramMatching", "Composite (bcmi)"} <= set(table)
+    scored = reproduce_table1.score_composites(iharmony4_root, "iharmony4")
+    for group, metrics in scored.items():
+        for metric in ("n", "mse", "psnr", "fmse"):
+            assert table["Composite"]["results"][group][metric] == metrics[metric], (group, metric)
+        # SSIM's batched convolutions may sum in another order: equal to the last few bits.
+        assert table["Composite"]["results"][group]["ssim"] == pytest.approx(
+            metrics["ssim"], rel=1e-12, abs=0
+        )
+    assert "R2R Tab. 1" in (tmp_path / "table1.md").read_text()
