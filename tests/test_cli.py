@@ -114,7 +114,7 @@ def test_harmony_test_agrees_with_harmony_score(tmp_path: Path) -> None:
     assert set(tested) == set(scored)
     for group in scored:
         for metric in ("n", "mse", "psnr", "fmse", "ssim"):
-            assert tested[group][metric] == pytest.approx(scored[group][metric], rel=1e-12), (group, metric)
+            assert tested[group][metric] == scored[group][metric], (group, metric)
 
 
 def test_summary_counts_parameters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -189,10 +189,6 @@ def test_reproduce_table1_composite_row_equals_score(iharmony4_root: Path, tmp_p
     assert {"Composite", "ReinhardLabTransfer", "HistogramMatching", "Composite (bcmi)"} <= set(table)
     scored = reproduce_table1.score_composites(iharmony4_root, "iharmony4")
     for group, metrics in scored.items():
-        for metric in ("n", "mse", "psnr", "fmse"):
+        for metric in ("n", "mse", "psnr", "fmse", "ssim", "n_empty_mask"):
             assert table["Composite"]["results"][group][metric] == metrics[metric], (group, metric)
-        # SSIM's batched convolutions may sum in another order: equal to the last few bits.
-        assert table["Composite"]["results"][group]["ssim"] == pytest.approx(
-            metrics["ssim"], rel=1e-12, abs=0
-        )
     assert "R2R Tab. 1" in (tmp_path / "table1.md").read_text()

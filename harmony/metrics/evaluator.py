@@ -68,7 +68,8 @@ def _group_sort_key(group: str) -> tuple[int, int, str]:
 
 
 def _mean(values: torch.Tensor) -> float:
-    return float(values.mean()) if values.numel() else math.nan
+    # An exactly rounded sum: the mean cannot depend on the order images arrived in (batching, ranks).
+    return math.fsum(values.tolist()) / values.numel() if values.numel() else math.nan
 
 
 class HarmonizationEvaluator(Metric):
