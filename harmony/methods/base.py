@@ -145,7 +145,8 @@ class HarmonizationModule(LightningModule, ABC):
                 self.log(f"test/{group}/{metric}", float(value), sync_dist=False)
         if self.trainer.is_global_zero:
             rank_zero_info(format_results_table(self.test_results, title=type(self).__name__))
-            log_dir = self.trainer.log_dir
+            # Without a logger, log_dir falls back to the working directory: write nothing there.
+            log_dir = self.trainer.log_dir if self.trainer.logger is not None else None
             if log_dir is not None:
                 payload = results_to_json(self.test_evaluator.protocol, self.test_results)
                 Path(log_dir).mkdir(parents=True, exist_ok=True)
