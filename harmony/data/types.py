@@ -25,6 +25,14 @@ antialias to 256×256 for images, nearest for the mask):
 ``eval_mask``
     ``float32`` ``1×S×S`` in ``{0, 1}``.
 
+Training samples of the semi-supervised parametric method's second stream also carry:
+
+``background``
+    ``float32`` ``3×H×W``: the background the model takes as input (the inpainted background, Eq. 5);
+    when absent, methods use ``composite·(1 − mask)``.
+``real``
+    ``float32`` ``3×H×W``: the discriminator's "real" image (Eq. 6), in place of a ground truth.
+
 Samples read from files also carry ``composite_path`` and ``mask_path`` (``str``) and ``original_size``
 (``(H, W)`` of the file, an ``int64`` tensor), so predictions can be written at full resolution.
 
@@ -44,6 +52,8 @@ SUBSET: Final = "subset"
 EVAL_COMPOSITE: Final = "eval_composite"
 EVAL_MASK: Final = "eval_mask"
 EVAL_TARGET: Final = "eval_target"
+BACKGROUND: Final = "background"
+REAL: Final = "real"
 COMPOSITE_PATH: Final = "composite_path"
 MASK_PATH: Final = "mask_path"
 ORIGINAL_SIZE: Final = "original_size"

@@ -2,5 +2,12 @@
 
 from harmony.methods.base import HarmonizationModule
 from harmony.methods.baselines import Composite, HistogramMatching, ReinhardLabTransfer
+from harmony.methods.semi_supervised_parametric import SemiSupervisedParametric
 
-__all__ = ["Composite", "HarmonizationModule", "HistogramMatching", "ReinhardLabTransfer"]
+__all__ = [
+    "Composite",
+    "HarmonizationModule",
+    "HistogramMatching",
+    "ReinhardLabTransfer",
+    "SemiSupervisedParametric",
+]

@@ -202,7 +202,11 @@ class HarmonizationModule(LightningModule, ABC):
             Image.fromarray((mask * 255 + 0.5).astype(np.uint8)).resize((size, size), Image.NEAREST)
         )
         batch = {
-            keys.COMPOSITE: torch.from_numpy(small).permute(2, 0, 1)[None].float().div(255).to(self.device),
+            keys.COMPOSITE: torch.from_numpy(small.copy())
+            .permute(2, 0, 1)[None]
+            .float()
+            .div(255)
+            .to(self.device),
             keys.MASK: torch.from_numpy((small_mask >= 128).astype(np.float32))[None, None].to(self.device),
         }
         prediction = self.harmonize(batch).float().clamp(0, 1)[0]

@@ -1,0 +1,262 @@
+"""``harmony harmonize``: harmonize your own composites at any resolution, one file or a folder.
+
+Any harmonization method works: a checkpoint written by ``harmony fit`` (the model is rebuilt from
+the configuration saved in it) or a training-free baseline by name (``--method ReinhardLabTransfer``).
+The background (mask 0) of the output is the composite's, bit for bit. Parametric methods
+(SemiSupervisedParametric) apply their curves and shading at full resolution and can export them:
+``--export-lut`` (a ``.cube`` 3D LUT of the RGB curves, for Photopea, darktable, Resolve…),
+``--export-curves`` (the curves as JSON) and ``--export-shading`` (the shading multiplier as an 8-bit
+grayscale image, value/255 = gain, already 1 outside the mask). The curves apply to the foreground
+only: use the mask as the adjustment layer's mask.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from harmony.data.io import (
+    atomic_path,
+    check_same_size,
+    list_images,
+    open_image,
+    read_mask,
+    read_rgb,
+    save_json,
+    save_rgb,
+)
+from harmony.data.records import list_matched_folders
+from harmony.errors import HarmonyInputError
+from harmony.methods.base import HarmonizationModule
+from harmony.nn.curves import curves_to_cube, curves_to_json, lut_size_is_exact
+
+
+@dataclass
+class Job:
+    """One image to harmonize and where its outputs go.
+
+    Args:
+        composite: The composite file.
+        mask: Its mask file, or ``None`` to use the composite's alpha channel.
+        output: The harmonized image to write.
+        lut: Where to write the ``.cube`` LUT, if wanted.
+        curves: Where to write the curves JSON, if wanted.
+        shading: Where to write the shading image, if wanted.
+    """
+
+    composite: Path
+    mask: Path | None
+    output: Path
+    lut: Path | None = None
+    curves: Path | None = None
+    shading: Path | None = None
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise HarmonyInputError(None, "--device cuda was asked for but no CUDA device is available")
+    return torch.device(device)
+
+
+def load_method(checkpoint: Path | None, method: str | None, device: torch.device) -> HarmonizationModule:
+    """Build the harmonizer: a ``harmony fit`` checkpoint, or a training-free method by class name."""
+    import harmony.methods
+
+    if method is not None:
+        cls = getattr(harmony.methods, method, None)
+        if not (isinstance(cls, type) and issubclass(cls, HarmonizationModule)):
+            raise HarmonyInputError(None, f"unknown method '{method}' (see harmony.methods)")
+        try:
+            model = cls()
+        except TypeError:
+            raise HarmonyInputError(
+                None, f"{method} needs trained weights: pass --checkpoint instead"
+            ) from None
+        return model.to(device).eval()
+    assert checkpoint is not None
+    if not checkpoint.is_file():
+        raise HarmonyInputError(checkpoint, "checkpoint not found")
+    try:
+        # mmap: only the small hyper-parameter dict is read here; the weights are read once, below.
+        header = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is a user error here
+        raise HarmonyInputError(
+            checkpoint, f"cannot read checkpoint ({type(error).__name__}: {error})"
+        ) from None
+    class_path = header.get("hyper_parameters", {}).get("_class_path") if isinstance(header, dict) else None
+    del header
+    if not isinstance(class_path, str):
+        raise HarmonyInputError(
+            checkpoint, "checkpoint does not record the model's configuration (write it with `harmony fit`)"
+        )
+    module_name, _, class_name = class_path.rpartition(".")
+    if not module_name.startswith("harmony."):
+        raise HarmonyInputError(checkpoint, f"checkpoint names {class_path}, which is not a harmony method")
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, HarmonizationModule)):
+        raise HarmonyInputError(checkpoint, f"checkpoint names {class_path}, which is not a harmony method")
+    return cls.load_from_checkpoint(checkpoint, map_location=device).to(device).eval()
+
+
+def read_inputs(composite_path: Path, mask_path: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """Read a composite and its mask (the composite's alpha channel when no mask file is given)."""
+    composite = read_rgb(composite_path)
+    if mask_path is not None:
+        mask = read_mask(mask_path)
+        check_same_size(composite_path, composite, mask_path, mask)
+        return composite, mask
+    image = open_image(composite_path)
+    if image.mode in ("RGBA", "LA", "PA"):
+        alpha = np.asarray(image.convert("RGBA").getchannel("A"), dtype=np.float32) / 255.0
+        if alpha.min(initial=1.0) < 1.0:
+            return composite, alpha
+    raise HarmonyInputError(
+        composite_path, "no --mask given and the image has no transparency to use as the mask"
+    )
+
+
+def plan_jobs(args: argparse.Namespace) -> list[Job]:
+    """Turn the command line into jobs (one file, or a folder matched by stem)."""
+    composite, mask, output = Path(args.composite), args.mask, Path(args.output)
+    exports = {"lut": args.export_lut, "curves": args.export_curves, "shading": args.export_shading}
+    if not composite.is_dir():
+        if mask is not None and Path(mask).is_dir():
+            raise HarmonyInputError(mask, "is a folder but --composite is a file")
+        if output.is_dir():
+            raise HarmonyInputError(output, "is a folder; give the output file's name")
+        if output.resolve() == composite.resolve():
+            raise HarmonyInputError(output, "would overwrite the composite")
+        return [Job(composite, None if mask is None else Path(mask), output, **exports)]
+    if output.exists() and not output.is_dir():
+        raise HarmonyInputError(output, "--composite is a folder, so --output must be a folder too")
+    if output.resolve() == composite.resolve():
+        raise HarmonyInputError(output, "would overwrite the composites")
+    if mask is None:
+        pairs = [(path, None) for path in list_images(composite)]
+    else:
+        pairs = [
+            (r.composite, r.mask)
+            for r in list_matched_folders(composite, mask, None, mask_suffix=args.mask_suffix)
+        ]
+    jobs = []
+    for image, image_mask in pairs:
+        stem = image.stem
+        targets = {
+            "lut": None if exports["lut"] is None else Path(exports["lut"]) / f"{stem}.cube",
+            "curves": None if exports["curves"] is None else Path(exports["curves"]) / f"{stem}.json",
+            "shading": None
+            if exports["shading"] is None
+            else Path(exports["shading"]) / f"{stem}_shading.png",
+        }
+        jobs.append(Job(image, image_mask, output / f"{stem}.png", **targets))
+    return jobs
+
+
+def _save_gray(path: Path, image: np.ndarray) -> None:
+    with atomic_path(path) as temporary:
+        Image.fromarray(image, mode="L").save(temporary, format="PNG")
+
+
+def run_job(model: HarmonizationModule, job: Job, lut_size: int | None) -> None:
+    """Harmonize one image and write its output and exports."""
+    composite, mask = read_inputs(job.composite, job.mask)
+    if not (mask >= 0.5).any():
+        tqdm.write(
+            f"harmony: note: {job.mask or job.composite}: empty mask, the composite is written unchanged"
+        )
+    elif (mask >= 0.5).mean() > 0.5:
+        tqdm.write(
+            f"harmony: warning: {job.mask or job.composite}: the foreground covers over half the image "
+            "(inverted mask?)"
+        )
+    wants_exports = job.lut is not None or job.curves is not None or job.shading is not None
+    if not wants_exports:
+        save_rgb(job.output, model.harmonize_image(composite, mask))
+        return
+    adjustments = model.estimate_adjustments(composite, mask)  # type: ignore[operator]
+    save_rgb(job.output, model.apply_adjustments(composite, mask, adjustments))  # type: ignore[operator]
+    if job.lut is not None:
+        with atomic_path(job.lut) as temporary:
+            temporary.write_text(
+                curves_to_cube(adjustments.curves, lut_size, title=f"harmony {job.composite.stem}")
+            )
+    if job.curves is not None:
+        save_json(job.curves, {**curves_to_json(adjustments.curves), "image": job.composite.name})
+    if job.shading is not None:
+        gain = adjustments.gain_at(*composite.shape[:2]).cpu().numpy()
+        multiplier = gain * mask + (1.0 - mask)
+        _save_gray(job.shading, np.clip(multiplier * 255.0 + 0.5, 0, 255).astype(np.uint8))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="harmony harmonize",
+        description="Harmonize your own composites at any resolution, one file or a folder. The background "
+        "(mask 0) stays bit-identical. --export-lut/--export-curves/--export-shading (parametric methods) "
+        "write the RGB curves as a .cube LUT or JSON and the shading multiplier (value/255 = gain, 255 "
+        "outside the mask); the curves apply to the foreground only: mask the LUT layer with the mask.",
+        epilog="Folder mode: --composite DIR --mask DIR --output DIR (masks matched by stem); export options "
+        "then name folders.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="a checkpoint written by `harmony fit`")
+    source.add_argument(
+        "--method", help="a training-free method by class name, e.g. Composite, ReinhardLabTransfer"
+    )
+    parser.add_argument("--composite", required=True, help="composite image, or a folder of them")
+    parser.add_argument(
+        "--mask", help="foreground mask (white = object), or a folder; default: the composite's alpha"
+    )
+    parser.add_argument(
+        "--mask-suffix", default="", help="folder mode: extra text after the stem in mask names"
+    )
+    parser.add_argument("--output", required=True, help="output image (format from its suffix), or a folder")
+    parser.add_argument("--export-lut", help="write the RGB curves as a .cube 3D LUT")
+    parser.add_argument(
+        "--lut-size", type=int, default=None, help="LUT points per axis (default: the number of knots)"
+    )
+    parser.add_argument("--export-curves", help="write the RGB curves as JSON")
+    parser.add_argument("--export-shading", help="write the shading multiplier as a grayscale PNG")
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the networks run"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``harmony harmonize``; returns the exit status (user errors raise ``HarmonyInputError``)."""
+    args = build_parser().parse_args(argv)
+    jobs = plan_jobs(args)
+    model = load_method(args.checkpoint, args.method, resolve_device(args.device))
+    name = type(model).__name__
+    if any(job.lut or job.curves or job.shading for job in jobs):
+        if not hasattr(model, "estimate_adjustments"):
+            raise HarmonyInputError(args.checkpoint, f"{name} has no curves or shading map to export")
+        if args.export_shading is not None and getattr(model, "shading_net", None) is None:
+            raise HarmonyInputError(
+                args.checkpoint, f"this {name} has no shading map (curves only) to export"
+            )
+        knots = int(getattr(getattr(model, "curve_predictor", None), "num_knots", 32))
+        if args.lut_size is not None and not lut_size_is_exact(args.lut_size, knots):
+            raise HarmonyInputError(
+                None, f"--lut-size must be 1 + a multiple of {knots - 1} (e.g. {knots}, {2 * knots - 1})"
+            )
+    for job in tqdm(jobs, desc="harmonizing", unit="image", disable=len(jobs) == 1, file=sys.stderr):
+        run_job(model, job, args.lut_size)
+    if len(jobs) == 1:
+        print(f"wrote {jobs[0].output}")
+    else:
+        print(f"wrote {len(jobs)} images to {args.output}")
+    return 0

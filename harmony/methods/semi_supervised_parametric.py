@@ -1,0 +1,375 @@
+"""Semi-supervised Parametric Real-world Image Harmonization (Wang et al., CVPR 2023).
+
+The harmonized image is ``O = t2(t1(C))`` inside the mask and the composite outside it: ``t1`` are
+global RGB curves and ``t2`` a smooth multiplicative shading map, both predicted from a low-resolution
+copy of the input and applied at any resolution (Sec. 3.1, Eq. 1). Training mixes a supervised stream
+(λ·L1 + (1−λ)·L_G, Eq. 2) and an unsupervised stream of real composites ((1−λ)·L_G only) against a
+per-pixel discriminator (Eq. 3–4) — Sec. 3.2.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from harmony.data import types as keys
+from harmony.data.real_composites import BACKGROUND, REAL, SUPERVISED, UNSUPERVISED
+from harmony.methods.base import Batch, HarmonizationModule, paste_background
+from harmony.nn.curves import apply_curves, curves_to_uint8_table
+
+
+@dataclass
+class ParametricAdjustments:
+    """The parametric output for one image: what ``harmony harmonize`` applies and exports.
+
+    Args:
+        curves: ``3×K`` curve values at the knots ``k/(K−1)`` (red, green, blue).
+        gain: ``1×1×h×w`` shading gain at the network's resolution, or ``None`` without a shading map.
+    """
+
+    curves: torch.Tensor
+    gain: torch.Tensor | None
+
+    def gain_at(self, height: int, width: int) -> torch.Tensor | None:
+        """The shading gain bilinearly upsampled to ``height×width`` (``H×W`` float32), if any."""
+        if self.gain is None:
+            return None
+        gain = F.interpolate(self.gain.float(), size=(height, width), mode="bilinear", align_corners=False)
+        return gain[0, 0]
+
+
+INJECTED = (
+    "curve_predictor",
+    "shading_net",
+    "discriminator",
+    "generator_optimizer",
+    "discriminator_optimizer",
+    "generator_scheduler",
+    "discriminator_scheduler",
+)
+
+
+def save_config_hyperparameters(module: HarmonizationModule, injected: tuple[str, ...]) -> None:
+    """Save the hyper-parameters that let ``load_from_checkpoint`` rebuild ``module``.
+
+    Built by LightningCLI, the hyper-parameters are the configuration itself (``class_path``/``init_args``
+    of every injected part), which is what rebuilds the model. Built in Python, injected objects are
+    not configuration and are left out: such a checkpoint restores weights into a model you build.
+    """
+    # LightningCLI publishes the config through this context variable while it instantiates the model.
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+    from_config = _given_hyperparameters.get() is not None
+    module.save_hyperparameters(
+        ignore=None if from_config else list(injected), frame=inspect.currentframe().f_back
+    )
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+class SemiSupervisedParametric(HarmonizationModule):
+    """Parametric harmonization (global RGB curves + local shading map) with dual-stream GAN training.
+
+    Training batches are either a plain batch (the supervised stream) or a dict
+    ``{"supervised": batch, "unsupervised": batch}`` (e.g. from
+    :class:`~harmony.data.real_composites.DualStreamDataModule`). With both, the streams alternate
+    deterministically, one per training batch, so each gets exactly half of the steps of an epoch
+    (±1); the other stream's batch of that step is not used.
+
+    Args:
+        curve_predictor: Predicts the ``B×3×K`` curves from the low-resolution stack
+            ``[C, B, M]`` (7 channels) or ``[C, M]`` (4 channels); e.g.
+            :class:`~harmony.nn.curves.CurvePredictor` over a ResNet-50.
+        shading_net: Predicts the shading gain from ``[C, B, M, t1(C)]`` (10 channels) or
+            ``[C, M, t1(C)]`` (7); e.g. :class:`~harmony.nn.shading.ShadingUNet`. ``None`` gives the
+            curves-only ablation of Table 4.
+        discriminator: Per-pixel real/fake logits of a 3-channel image, e.g.
+            :class:`~harmony.nn.discriminators.UNetDiscriminatorSN`. ``None`` trains with the L1 loss
+            alone (the paper's iHarmony4 setting; the unsupervised stream then cannot be used).
+        generator_optimizer: Optimizer of the curve predictor and shading net (paper: Adam, lr 4e-5).
+        discriminator_optimizer: Optimizer of the discriminator (paper: Adam, lr 4e-5).
+        generator_scheduler: Learning-rate schedule of the generator, stepped once per epoch
+            (paper: ×0.2 every 20 epochs).
+        discriminator_scheduler: Learning-rate schedule of the discriminator, stepped once per epoch.
+        low_resolution: Side length of the square copy the networks see (512 in the paper).
+        use_background_input: Also feed the background image. The paper's iHarmony4 comparison passes
+            only the composite and the mask. Without an explicit background in the batch it is the
+            composite with the foreground zeroed.
+        reconstruction_weight: λ of Eq. 2: the supervised loss is λ·L1 + (1−λ)·L_G and the
+            unsupervised one (1−λ)·L_G.
+        brightness_jitter: The supervised stream's composite foreground is multiplied by a random
+            factor in ``[1 − j, 1 + j]`` on the fly (Sec. 3.2); 0 disables it.
+        compute_lpips: Also report LPIPS at test time.
+        predictions_dir: Where ``harmony predict`` writes ``<name>.png`` files.
+    """
+
+    def __init__(
+        self,
+        curve_predictor: nn.Module,
+        shading_net: nn.Module | None = None,
+        discriminator: nn.Module | None = None,
+        generator_optimizer: OptimizerCallable = torch.optim.Adam,
+        discriminator_optimizer: OptimizerCallable = torch.optim.Adam,
+        generator_scheduler: LRSchedulerCallable | None = None,
+        discriminator_scheduler: LRSchedulerCallable | None = None,
+        low_resolution: int = 512,
+        use_background_input: bool = True,
+        reconstruction_weight: float = 0.92,
+        brightness_jitter: float = 0.35,
+        compute_lpips: bool = False,
+        predictions_dir: str = "outputs/predictions",
+    ) -> None:
+        super().__init__(
+            compute_lpips=compute_lpips, predictions_dir=predictions_dir, inference_size=low_resolution
+        )
+        save_config_hyperparameters(self, INJECTED)
+        self.automatic_optimization = False
+        self.curve_predictor = curve_predictor
+        self.shading_net = shading_net
+        self.discriminator = discriminator
+        self.generator_optimizer = generator_optimizer
+        self.discriminator_optimizer = discriminator_optimizer
+        self.generator_scheduler = generator_scheduler
+        self.discriminator_scheduler = discriminator_scheduler
+        self.low_resolution = low_resolution
+        self.use_background_input = use_background_input
+        self.reconstruction_weight = reconstruction_weight
+        self.brightness_jitter = brightness_jitter
+        self._check_channels()
+
+    def _check_channels(self) -> None:
+        stack = 7 if self.use_background_input else 4
+        for name, module, expected in (
+            ("curve_predictor", self.curve_predictor, stack),
+            ("shading_net", self.shading_net, stack + 3),
+        ):
+            found = getattr(module, "in_channels", None)
+            if module is not None and found is not None and found != expected:
+                raise ValueError(
+                    f"{name} takes {found} input channels but "
+                    f"use_background_input={self.use_background_input} gives it {expected}"
+                )
+
+    def setup(self, stage: str) -> None:
+        """Load optional pretrained backbone weights when training starts (before any checkpoint restore)."""
+        if stage == "fit":
+            for module in self.modules():
+                if module is not self and hasattr(module, "load_pretrained"):
+                    module.load_pretrained()
+
+    # --- the parametric model ----------------------------------------------------------------------
+    def _network_inputs(
+        self, composite: torch.Tensor, mask: torch.Tensor, background: torch.Tensor | None
+    ) -> torch.Tensor:
+        size = self.low_resolution
+        parts = [_resize(composite, size)]
+        if self.use_background_input:
+            background = composite * (1 - mask) if background is None else background
+            parts.append(_resize(background, size))
+        parts.append(_resize(mask, size))
+        return torch.cat(parts, dim=1)
+
+    def predict_parameters(
+        self, composite: torch.Tensor, mask: torch.Tensor, background: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Predict the curves and the shading gain from a low-resolution copy of the inputs.
+
+        Args:
+            composite: ``B×3×H×W`` in ``[0, 1]`` at any size.
+            mask: ``B×1×H×W`` in ``[0, 1]``.
+            background: ``B×3×H×W`` background image, if one is known.
+
+        Returns:
+            ``B×3×K`` curves and the ``B×1×L×L`` gain at ``low_resolution`` (``None`` without a
+            shading net).
+        """
+        inputs = self._network_inputs(composite, mask, background)
+        curves = self.curve_predictor(inputs)
+        if self.shading_net is None:
+            return curves, None
+        curved = apply_curves(inputs[:, :3].float(), curves)
+        return curves, self.shading_net(torch.cat([inputs, curved.to(inputs.dtype)], dim=1))
+
+    def render(
+        self, composite: torch.Tensor, mask: torch.Tensor, curves: torch.Tensor, gain: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Apply curves and shading at the composite's resolution (Eq. 1), keeping the composite outside."""
+        composite = composite.float()
+        output = apply_curves(composite, curves)
+        if gain is not None:
+            output = output * F.interpolate(
+                gain.float(), size=composite.shape[-2:], mode="bilinear", align_corners=False
+            )
+        return paste_background(output, composite, mask.float())
+
+    def harmonize(self, batch: Batch) -> torch.Tensor:
+        """Harmonize a batch at its own resolution (the networks see ``low_resolution``)."""
+        composite, mask = batch[keys.COMPOSITE], batch[keys.MASK]
+        curves, gain = self.predict_parameters(composite, mask, batch.get(BACKGROUND))
+        return self.render(composite, mask, curves, gain)
+
+    # --- any-resolution use ------------------------------------------------------------------------
+    @torch.no_grad()
+    def estimate_adjustments(self, composite: np.ndarray, mask: np.ndarray) -> ParametricAdjustments:
+        """Predict the curves and shading map of one image of any size.
+
+        Args:
+            composite: ``H×W×3`` ``uint8`` RGB composite.
+            mask: ``H×W`` soft mask in ``[0, 1]``.
+        """
+        image = torch.tensor(composite, device=self.device).permute(2, 0, 1)[None]
+        soft = torch.tensor(mask, dtype=torch.float32, device=self.device)[None, None]
+        small = _resize(image.float().div_(255), self.low_resolution)
+        curves, gain = self.predict_parameters(small, _resize(soft, self.low_resolution))
+        return ParametricAdjustments(curves[0].float(), None if gain is None else gain.float())
+
+    @staticmethod
+    def apply_adjustments(
+        composite: np.ndarray, mask: np.ndarray, adjustments: ParametricAdjustments
+    ) -> np.ndarray:
+        """Apply curves and shading to a full-resolution ``uint8`` image; pixels with mask 0 are kept exactly.
+
+        Only the mask's bounding box is processed. The curves are evaluated once for the 256 levels of
+        each channel and looked up per pixel, so the cost is a table lookup and a few multiply-adds per
+        foreground pixel at any resolution.
+        """
+        output = composite.copy()
+        rows, columns = np.flatnonzero((mask > 0).any(axis=1)), np.flatnonzero((mask > 0).any(axis=0))
+        if rows.size == 0:
+            return output
+        box = (slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1))
+        crop, alpha = composite[box], np.asarray(mask[box], dtype=np.float32)[..., None]
+        table = curves_to_uint8_table(adjustments.curves.cpu()).numpy()
+        blended = np.stack([table[c][crop[..., c]] for c in range(3)], axis=-1)
+        gain = adjustments.gain_at(*composite.shape[:2])
+        if gain is not None:
+            blended *= gain.cpu().numpy()[box][..., None]
+        blended *= 255.0
+        # In place, composite + alpha·(harmonized − composite): one full-size temporary fewer.
+        original = crop.astype(np.float32)
+        blended -= original
+        blended *= alpha
+        blended += original + 0.5
+        np.clip(blended, 0, 255, out=blended)
+        output[box] = np.where(alpha > 0, blended.astype(np.uint8), crop)
+        return output
+
+    @torch.no_grad()
+    def harmonize_image(self, composite: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Harmonize an image of any size: networks at ``low_resolution``, curves and shading at full size."""
+        return self.apply_adjustments(composite, mask, self.estimate_adjustments(composite, mask))
+
+    # --- training -----------------------------------------------------------------------------------
+    @staticmethod
+    def select_stream(batch: Batch, batch_idx: int) -> tuple[str, Batch]:
+        """Pick the stream of a training step: alternate when both are present (even steps supervised)."""
+        if SUPERVISED in batch and UNSUPERVISED in batch:
+            stream = SUPERVISED if batch_idx % 2 == 0 else UNSUPERVISED
+            return stream, batch[stream]
+        if SUPERVISED in batch or UNSUPERVISED in batch:
+            stream = SUPERVISED if SUPERVISED in batch else UNSUPERVISED
+            return stream, batch[stream]
+        return SUPERVISED, batch
+
+    def _jitter_brightness(self, batch: Batch) -> Batch:
+        composite, mask = batch[keys.COMPOSITE], batch[keys.MASK]
+        factor = torch.empty(composite.shape[0], 1, 1, 1, device=composite.device)
+        factor.uniform_(1 - self.brightness_jitter, 1 + self.brightness_jitter)
+        jittered = (composite * (1 + (factor - 1) * mask)).clamp(0, 1)
+        return {**batch, keys.COMPOSITE: jittered}
+
+    def training_step(self, batch: Batch, batch_idx: int) -> None:
+        """One generator step and, with a discriminator, one discriminator step on the chosen stream."""
+        stream, data = self.select_stream(batch, batch_idx)
+        supervised = stream == SUPERVISED
+        if supervised and self.brightness_jitter > 0:
+            data = self._jitter_brightness(data)
+        if self.discriminator is None:
+            if not supervised:
+                raise ValueError(
+                    "the unsupervised stream needs a discriminator (model.discriminator is None)"
+                )
+            self._generator_only_step(data)
+        else:
+            self._adversarial_step(data, supervised)
+
+    def _generator_only_step(self, data: Batch) -> None:
+        optimizer = self.optimizers()
+        output = self.harmonize(data)
+        loss = F.l1_loss(output, data[keys.TARGET].float())
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+        self.log("train/l1", loss, prog_bar=True, batch_size=output.shape[0])
+
+    def _adversarial_step(self, data: Batch, supervised: bool) -> None:
+        generator_optimizer, discriminator_optimizer = self.optimizers()
+        mask = data[keys.MASK].float()
+        batch_size = mask.shape[0]
+        weight = self.reconstruction_weight
+        with self.toggled_optimizer(generator_optimizer):
+            output = self.harmonize(data)
+            fake_logits = self.discriminator(output).float()
+            # Eq. 4: the generator wants every pixel of its output judged real.
+            adversarial = F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+            loss = (1 - weight) * adversarial
+            if supervised:
+                reconstruction = F.l1_loss(output, data[keys.TARGET].float())
+                loss = loss + weight * reconstruction
+                self.log("train/l1", reconstruction, prog_bar=True, batch_size=batch_size)
+            generator_optimizer.zero_grad()
+            self.manual_backward(loss)
+            generator_optimizer.step()
+        real = data[keys.TARGET] if supervised else data[REAL]
+        with self.toggled_optimizer(discriminator_optimizer):
+            real_logits = self.discriminator(real.float()).float()
+            fake_logits = self.discriminator(output.detach()).float()
+            # Eq. 3: real images are all-real; in a fake only the foreground is fake (target 1 − M).
+            loss_real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+            loss_fake = F.binary_cross_entropy_with_logits(fake_logits, 1 - mask)
+            discriminator_loss = loss_real + loss_fake
+            discriminator_optimizer.zero_grad()
+            self.manual_backward(discriminator_loss)
+            discriminator_optimizer.step()
+        stream = SUPERVISED if supervised else UNSUPERVISED
+        self.log(f"train/{stream}/g_adversarial", adversarial, batch_size=batch_size)
+        self.log(f"train/{stream}/g_loss", loss, batch_size=batch_size)
+        self.log("train/d_loss", discriminator_loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/d_real", loss_real, batch_size=batch_size)
+        self.log("train/d_fake", loss_fake, batch_size=batch_size)
+
+    def on_train_epoch_end(self) -> None:
+        """Step the per-epoch learning-rate schedules (manual optimization steps them ourselves)."""
+        schedulers = self.lr_schedulers()
+        if schedulers is None:
+            return
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+            scheduler.step()
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the curve predictor and the shading net."""
+        modules = [self.curve_predictor] + ([self.shading_net] if self.shading_net is not None else [])
+        return [p for module in modules for p in module.parameters()]
+
+    def configure_optimizers(self) -> Any:
+        """The generator's optimizer (and the discriminator's), each with its optional schedule."""
+        optimizers = [self.generator_optimizer(self.generator_parameters())]
+        factories = [self.generator_scheduler]
+        if self.discriminator is not None:
+            optimizers.append(self.discriminator_optimizer(self.discriminator.parameters()))
+            factories.append(self.discriminator_scheduler)
+        schedulers = [
+            factory(opt) for factory, opt in zip(factories, optimizers, strict=True) if factory is not None
+        ]
+        return optimizers, schedulers

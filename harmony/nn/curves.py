@@ -1,0 +1,145 @@
+"""Global RGB curves: three per-channel piecewise-linear tone curves, predicted, applied and exported.
+
+A set of curves is a ``…×3×K`` tensor of output values ``y`` at ``K`` fixed, uniformly spaced input
+knots ``x_k = k/(K−1)`` (``K = 32`` in Wang et al. 2023). The paper writes its curve parameters θ1 as
+32 two-dimensional control points per channel; as in the official code, only the ``y`` coordinates are
+predicted and the ``x`` coordinates are fixed, which keeps every curve a function and makes it exactly
+representable by a 3D LUT whose grid contains the knots.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def identity_knots(num_knots: int, device: torch.device | None = None) -> torch.Tensor:
+    """The fixed input knots ``k/(K−1)``, ``k = 0…K−1``."""
+    return torch.linspace(0.0, 1.0, num_knots, device=device)
+
+
+def apply_curves(images: torch.Tensor, curves: torch.Tensor) -> torch.Tensor:
+    """Apply per-channel piecewise-linear curves to images of any size.
+
+    Args:
+        images: ``B×3×H×W`` in ``[0, 1]``.
+        curves: ``B×3×K`` output values at the knots ``k/(K−1)``.
+
+    Returns:
+        ``B×3×H×W`` curved images (differentiable in both arguments).
+    """
+    batch, channels, height, width = images.shape
+    num_knots = curves.shape[-1]
+    position = images.clamp(0, 1).reshape(batch, channels, -1) * (num_knots - 1)
+    lower = position.detach().floor().clamp(max=num_knots - 2).long()
+    fraction = position - lower
+    curves = curves.to(images.dtype)
+    y0 = torch.gather(curves, 2, lower)
+    y1 = torch.gather(curves, 2, lower + 1)
+    return (y0 + (y1 - y0) * fraction).reshape(batch, channels, height, width)
+
+
+def curves_to_uint8_table(curves: torch.Tensor) -> torch.Tensor:
+    """Evaluate ``3×K`` curves at the 256 values an 8-bit channel can take: a ``3×256`` float table."""
+    levels = torch.arange(256, dtype=torch.float32, device=curves.device) / 255.0
+    return apply_curves(levels.expand(1, 3, 1, 256), curves[None].float())[0, :, 0]
+
+
+def lut_size_is_exact(lut_size: int, num_knots: int) -> bool:
+    """Whether a LUT grid of ``lut_size`` points contains every knot (then trilinear lookup is exact)."""
+    return lut_size >= 2 and (lut_size - 1) % (num_knots - 1) == 0
+
+
+def curves_to_cube(
+    curves: torch.Tensor | np.ndarray, lut_size: int | None = None, title: str = "harmony curves"
+) -> str:
+    """Write curves as the text of an Adobe/Resolve ``.cube`` 3D LUT.
+
+    Because the curves act on each channel separately and are linear between knots, trilinear
+    interpolation of a LUT whose grid contains the knots reproduces them exactly.
+
+    Args:
+        curves: ``3×K`` output values at the knots.
+        lut_size: Points per axis; must satisfy ``(lut_size − 1) % (K − 1) == 0`` (default ``K``).
+        title: The LUT's ``TITLE``.
+
+    Returns:
+        The ``.cube`` file's text (red varies fastest, as the format prescribes).
+    """
+    values = torch.as_tensor(
+        np.asarray(curves, dtype=np.float64) if isinstance(curves, np.ndarray) else curves
+    )
+    values = values.detach().double().cpu()
+    num_knots = values.shape[-1]
+    lut_size = num_knots if lut_size is None else lut_size
+    if not lut_size_is_exact(lut_size, num_knots):
+        raise ValueError(f"a {lut_size}-point LUT does not contain the {num_knots} curve knots")
+    grid = torch.linspace(0.0, 1.0, lut_size, dtype=torch.float64)
+    per_channel = apply_curves(grid.expand(1, 3, 1, lut_size), values[None])[0, :, 0].numpy()
+    red, green, blue = np.meshgrid(per_channel[0], per_channel[1], per_channel[2], indexing="ij")
+    # .cube order: red index fastest, then green, then blue.
+    table = np.stack([red, green, blue], axis=-1).transpose(2, 1, 0, 3).reshape(-1, 3)
+    lines = [
+        f'TITLE "{title}"',
+        f"LUT_3D_SIZE {lut_size}",
+        "DOMAIN_MIN 0.0 0.0 0.0",
+        "DOMAIN_MAX 1.0 1.0 1.0",
+    ]
+    lines += [f"{r:.6f} {g:.6f} {b:.6f}" for r, g, b in np.clip(table, 0.0, 1.0)]
+    return "\n".join(lines) + "\n"
+
+
+def curves_to_json(curves: torch.Tensor | np.ndarray) -> dict[str, Any]:
+    """Describe ``3×K`` curves as JSON-ready control points (``x`` fixed, ``y`` predicted)."""
+    values = np.asarray(torch.as_tensor(curves).detach().float().cpu(), dtype=np.float64)
+    knots = np.linspace(0.0, 1.0, values.shape[-1])
+    return {
+        "format": "harmony.rgb_curves/1",
+        "interpolation": "piecewise-linear",
+        "x": [round(float(x), 6) for x in knots],
+        "red": [round(float(y), 6) for y in values[0]],
+        "green": [round(float(y), 6) for y in values[1]],
+        "blue": [round(float(y), 6) for y in values[2]],
+    }
+
+
+class CurvePredictor(nn.Module):
+    """Predicts global RGB curves (stage t1) from the low-resolution input stack.
+
+    The head predicts a residual on the identity curve ``y = x`` and starts at zero, so an untrained
+    predictor leaves images unchanged. Values are clamped to ``[0, 1]``.
+
+    Args:
+        encoder: Maps ``B×C×H×W`` inputs to ``B×F`` features and exposes ``out_features`` (``F``),
+            e.g. :class:`~harmony.nn.backbones.ResNetEncoder` (ResNet-50 in the paper).
+        num_knots: Control points per curve (32 in the paper).
+    """
+
+    def __init__(self, encoder: nn.Module, num_knots: int = 32) -> None:
+        super().__init__()
+        if num_knots < 2:
+            raise ValueError("a curve needs at least 2 knots")
+        self.encoder = encoder
+        self.num_knots = num_knots
+        self.head = nn.Linear(int(encoder.out_features), 3 * num_knots)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.register_buffer("knots", identity_knots(num_knots), persistent=False)
+
+    @property
+    def in_channels(self) -> int | None:
+        """Channels the encoder expects, when it says."""
+        return getattr(self.encoder, "in_channels", None)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Predict ``B×3×K`` curves from ``B×C×H×W`` inputs."""
+        # float32 even under bf16 autocast: bf16 cannot even hold the identity knots k/31 exactly.
+        residual = self.head(self.encoder(inputs)).float().view(-1, 3, self.num_knots)
+        # min/max, not clamp: the identity's end knots sit exactly on the bounds, where clamp passes no
+        # gradient and they could never move inward; min/max pass half of it there.
+        return torch.maximum(
+            torch.minimum(self.knots + residual, self.knots.new_ones(())), self.knots.new_zeros(())
+        )
