@@ -7,7 +7,7 @@ HARMONY := $(VENV)/bin/harmony
 IHARMONY4 ?= data/iHarmony4
 EXP ?= semi_supervised_parametric
 
-.PHONY: help install test test-all lint format quickstart reproduce-table1 fit benchmark clean
+.PHONY: help install quickstart test test-all lint format reproduce-table1 fit benchmark clean
 
 help:  ## Show this help
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -19,6 +19,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed  ## Create .venv and install harmony with its dev tools
+
+quickstart: install  ## Train a small SemiSupervisedParametric offline on synthetic data (CPU, ~10 min) and score it
+	$(HARMONY) quickstart
 
 test: install  ## Run the default (fast, CPU, offline) test suite
 	$(PY) -m pytest -q
@@ -38,8 +41,9 @@ fit: install  ## Train an experiment: make fit EXP=semi_supervised_parametric
 reproduce-table1: install  ## Evaluate every available row on the iHarmony4 test split: make reproduce-table1 IHARMONY4=path
 	$(PY) -m harmony.commands.reproduce_table1 --data-root $(IHARMONY4) --output-dir results
 
-benchmark: install  ## Run the benchmarks in benchmarks/
+benchmark: install  ## Run the benchmarks in benchmarks/ (scoring throughput, parametric model speed)
 	$(PY) benchmarks/score_throughput.py
+	$(PY) benchmarks/parametric_speed.py
 
 clean:  ## Remove caches and outputs (keeps .venv, data and checkpoints)
 	rm -rf .pytest_cache .ruff_cache lightning_logs outputs results

@@ -6,6 +6,7 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import Literal
 
+import cv2
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
@@ -16,6 +17,12 @@ from harmony.data.types import IHARMONY4_SUBSETS
 from harmony.errors import HarmonyInputError
 
 Split = Literal["train", "val", "test", "predict"]
+
+
+def _single_threaded_worker(worker_id: int) -> None:
+    # Loader workers run beside the training process: OpenCV's own thread pool would oversubscribe the
+    # cores (torch already uses one thread per worker).
+    cv2.setNumThreads(1)
 
 
 class HarmonyDataModule(LightningDataModule):
@@ -90,6 +97,7 @@ class HarmonyDataModule(LightningDataModule):
             num_workers=self.num_workers,
             drop_last=shuffle and len(self.datasets[split]) > self.batch_size,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=_single_threaded_worker if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:
