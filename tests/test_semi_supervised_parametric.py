@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import CombinedLoader
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from harmony.cli import main
+from harmony.cli import main, make_cli
 from harmony.data import types as keys
 from harmony.data.real_composites import (
     BACKGROUND,
@@ -403,23 +403,6 @@ def test_fit_dual_stream_config(tmp_path: Path) -> None:
     assert len(list((tmp_path / "real" / ".inpainted").glob("*.png"))) == 3
 
 
-def build_cli(args: list[str]):  # noqa: ANN201
-    from harmony.cli import HarmonyCLI
-    from harmony.data import HarmonyDataModule
-    from harmony.methods import HarmonizationModule
-
-    return HarmonyCLI(
-        HarmonizationModule,
-        HarmonyDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
-        seed_everything_default=0,
-        run=False,
-        args=args,
-    )
-
-
 @pytest.fixture(scope="module")
 def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One epoch of the tiny iHarmony4 config, saved by Lightning's end-of-epoch checkpoint."""
@@ -427,7 +410,7 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     folder = tmp_path_factory.mktemp("trained")
     root = make_iharmony4_tree(folder / "data")
-    cli = build_cli(
+    cli = make_cli(
         [
             "--config",
             str(CONFIGS / "semi_supervised_parametric_iharmony4.yaml"),
@@ -435,7 +418,8 @@ def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--trainer.max_epochs=1",
             f"--trainer.default_root_dir={folder}",
             "--trainer.limit_val_batches=0",
-        ]
+        ],
+        run=False,
     )
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return Path(cli.trainer.checkpoint_callback.best_model_path)
@@ -445,14 +429,15 @@ def test_resuming_continues_the_same_run(trained_checkpoint: Path, iharmony4_roo
     saved = torch.load(trained_checkpoint, weights_only=True)
     steps_per_epoch = saved["global_step"]
     assert saved["epoch"] == 0 and steps_per_epoch > 0
-    cli = build_cli(
+    cli = make_cli(
         [
             "--config",
             str(CONFIGS / "semi_supervised_parametric_iharmony4.yaml"),
             f"--data.init_args.root={iharmony4_root}",
             "--trainer.max_epochs=2",
             "--trainer.limit_val_batches=0",
-        ]
+        ],
+        run=False,
     )
     restored_steps = []
     original_step = cli.model.training_step
