@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
@@ -211,12 +210,3 @@ class HarmonizationModule(LightningModule, ABC):
         }
         prediction = self.harmonize(batch).float().clamp(0, 1)[0]
         return blend_full_resolution(to_uint8(prediction).permute(1, 2, 0).cpu().numpy(), composite, mask)
-
-    @staticmethod
-    def interpolate_like(images: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """Bilinearly resize ``images`` to the spatial size of ``like`` (no-op when equal)."""
-        if images.shape[-2:] == like.shape[-2:]:
-            return images
-        return F.interpolate(
-            images, size=like.shape[-2:], mode="bilinear", align_corners=False, antialias=True
-        )
