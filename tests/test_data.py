@@ -70,6 +70,56 @@ def test_paired_transform_falls_back_to_resize_when_foreground_is_tiny() -> None
     assert out_mask.shape == (50, 50)
 
 
+def test_scene_color_jitter_changes_composite_and_real_alike() -> None:
+    rng = np.random.default_rng(1)
+    real = rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    mask = np.zeros((48, 48), np.float32)
+    mask[10:30, 12:36] = 1
+    composite = real.copy()
+    composite[mask > 0] = (composite[mask > 0] * 0.6).astype(np.uint8)
+    transform = PairedTrainTransform(48, scale=(1.0, 1.0), ratio=(1.0, 1.0), scene_color_jitter=1.0, seed=0)
+    changed = 0
+    for _ in range(6):
+        out_composite, out_mask, out_real = transform(composite, mask, real)
+        background = out_mask < 0.5
+        # The pair stays a harmonization example: identical backgrounds, a foreground still to fix.
+        np.testing.assert_array_equal(out_composite[background], out_real[background])
+        assert not np.array_equal(out_composite[~background], out_real[~background])
+        changed += not np.array_equal(np.sort(out_real.ravel()), np.sort(real.ravel()))
+    assert changed >= 5
+    with pytest.raises(ValueError, match="scene_color_jitter"):
+        PairedTrainTransform(32, scene_color_jitter=1.5)
+
+
+def test_seeded_transform_repeats_its_augmentations() -> None:
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    mask = np.zeros((64, 64), np.float32)
+    mask[16:48, 16:48] = 1
+
+    def draws(seed: int) -> list[np.ndarray]:
+        transform = PairedTrainTransform(32, scene_color_jitter=0.5, seed=seed)
+        return [transform(image, mask, image.copy())[0] for _ in range(4)]
+
+    first, again, other = draws(7), draws(7), draws(8)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_seeded_run_loads_the_same_augmented_batches_with_workers(iharmony4_root: Path) -> None:
+    from lightning.pytorch import seed_everything
+
+    def first_batch() -> torch.Tensor:
+        seed_everything(3, workers=True, verbose=False)
+        dm = IHarmony4DataModule(
+            iharmony4_root, image_size=24, batch_size=4, num_workers=1, scene_color_jitter=0.5
+        )
+        dm.setup("fit")
+        return next(iter(dm.train_dataloader()))[keys.COMPOSITE]
+
+    torch.testing.assert_close(first_batch(), first_batch(), rtol=0, atol=0)
+
+
 def test_datamodule_batches_follow_the_shared_format(iharmony4_root: Path) -> None:
     dm = IHarmony4DataModule(iharmony4_root, image_size=32, batch_size=4, eval_size=24, val_fraction=0.3)
     dm.setup("fit")

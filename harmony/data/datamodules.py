@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Literal
 
 import cv2
+import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from harmony.data.datasets import TripletDataset
 from harmony.data.records import TripletRecord, holdout, list_iharmony4, list_matched_folders
@@ -19,10 +20,19 @@ from harmony.errors import HarmonyInputError
 Split = Literal["train", "val", "test", "predict"]
 
 
-def _single_threaded_worker(worker_id: int) -> None:
-    # Loader workers run beside the training process: OpenCV's own thread pool would oversubscribe the
-    # cores (torch already uses one thread per worker).
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: a single-threaded OpenCV and a reseeded paired augmentation.
+
+    Loader workers run beside the training process, so OpenCV's own thread pool would oversubscribe the
+    cores (torch already uses one thread per worker). Albumentations keeps a random state of its own that
+    ``seed_everything(workers=True)`` does not reach; seeding it from the worker's torch seed (derived
+    from the run's seed) makes a seeded run draw the same augmentations again.
+    """
     cv2.setNumThreads(1)
+    info = get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info is not None else None
+    if isinstance(transform, PairedTrainTransform):
+        transform.reseed(torch.initial_seed() % 2**31)
 
 
 class HarmonyDataModule(LightningDataModule):
@@ -39,6 +49,8 @@ class HarmonyDataModule(LightningDataModule):
         eval_size: Side length the evaluator scores at (256 in the iHarmony4 protocol).
         augment: Random-resized crop and horizontal flip for training.
         min_foreground: Smallest foreground fraction a training crop may have.
+        scene_color_jitter: Strength in [0, 1] of a random colour change of the whole training scene,
+            composite and real alike (see :class:`~harmony.data.transforms.PairedTrainTransform`); 0 is off.
     """
 
     def __init__(
@@ -49,6 +61,7 @@ class HarmonyDataModule(LightningDataModule):
         eval_size: int = 256,
         augment: bool = True,
         min_foreground: float = 0.01,
+        scene_color_jitter: float = 0.0,
     ) -> None:
         super().__init__()
         self.image_size = image_size
@@ -57,6 +70,7 @@ class HarmonyDataModule(LightningDataModule):
         self.eval_size = eval_size
         self.augment = augment
         self.min_foreground = min_foreground
+        self.scene_color_jitter = scene_color_jitter
         self.datasets: dict[str, Dataset] = {}
 
     @abstractmethod
@@ -67,8 +81,15 @@ class HarmonyDataModule(LightningDataModule):
         """Build the Dataset of ``split``."""
         records = self.list_records(split)
         if split == "train":
+            # Drawn from torch's generator, so a seeded run without workers is reproducible too.
+            seed = int(torch.randint(2**31, ()).item())
             transform = (
-                PairedTrainTransform(self.image_size, min_foreground=self.min_foreground)
+                PairedTrainTransform(
+                    self.image_size,
+                    min_foreground=self.min_foreground,
+                    scene_color_jitter=self.scene_color_jitter,
+                    seed=seed,
+                )
                 if self.augment
                 else None
             )
@@ -97,7 +118,7 @@ class HarmonyDataModule(LightningDataModule):
             num_workers=self.num_workers,
             drop_last=shuffle and len(self.datasets[split]) > self.batch_size,
             persistent_workers=self.num_workers > 0,
-            worker_init_fn=_single_threaded_worker if self.num_workers > 0 else None,
+            worker_init_fn=seed_worker if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -145,8 +166,11 @@ class IHarmony4DataModule(HarmonyDataModule):
         eval_size: int = 256,
         augment: bool = True,
         min_foreground: float = 0.01,
+        scene_color_jitter: float = 0.0,
     ) -> None:
-        super().__init__(image_size, batch_size, num_workers, eval_size, augment, min_foreground)
+        super().__init__(
+            image_size, batch_size, num_workers, eval_size, augment, min_foreground, scene_color_jitter
+        )
         self.root = Path(root)
         self.subsets = list(subsets) if subsets is not None else list(self.default_subsets)
         self.val_fraction = val_fraction
@@ -188,6 +212,7 @@ class RPHarmonyDataModule(IHarmony4DataModule):
         eval_size: int = 256,
         augment: bool = True,
         min_foreground: float = 0.01,
+        scene_color_jitter: float = 0.0,
     ) -> None:
         super().__init__(
             root,
@@ -199,6 +224,7 @@ class RPHarmonyDataModule(IHarmony4DataModule):
             eval_size,
             augment,
             min_foreground,
+            scene_color_jitter,
         )
 
 
@@ -234,8 +260,11 @@ class TripletFoldersDataModule(HarmonyDataModule):
         eval_size: int = 256,
         augment: bool = True,
         min_foreground: float = 0.01,
+        scene_color_jitter: float = 0.0,
     ) -> None:
-        super().__init__(image_size, batch_size, num_workers, eval_size, augment, min_foreground)
+        super().__init__(
+            image_size, batch_size, num_workers, eval_size, augment, min_foreground, scene_color_jitter
+        )
         self.root = Path(root)
         self.composite_dir = composite_dir
         self.mask_dir = mask_dir
@@ -292,6 +321,7 @@ class HumanHarmonyDataModule(IHarmony4DataModule):
         eval_size: int = 256,
         augment: bool = True,
         min_foreground: float = 0.01,
+        scene_color_jitter: float = 0.0,
     ) -> None:
         super().__init__(
             root,
@@ -303,6 +333,7 @@ class HumanHarmonyDataModule(IHarmony4DataModule):
             eval_size,
             augment,
             min_foreground,
+            scene_color_jitter,
         )
 
 

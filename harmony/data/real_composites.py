@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from harmony.data import types as keys
-from harmony.data.datamodules import HarmonyDataModule, Split, TripletFoldersDataModule
+from harmony.data.datamodules import HarmonyDataModule, Split, TripletFoldersDataModule, seed_worker
 from harmony.data.datasets import TripletDataset
 from harmony.data.io import binarize, check_same_size, read_mask, read_rgb, save_rgb
 from harmony.data.records import TripletRecord, list_matched_folders
@@ -344,6 +344,7 @@ class RetouchPairsDataModule(TripletFoldersDataModule):
         eval_size: Side length the evaluator scores at.
         augment: Random-resized crop and flip for training.
         min_foreground: Smallest foreground fraction a training crop may have.
+        scene_color_jitter: Strength of a random colour change of the whole training scene (0 = off).
     """
 
     def __init__(
@@ -360,6 +361,7 @@ class RetouchPairsDataModule(TripletFoldersDataModule):
         eval_size: int = 256,
         augment: bool = True,
         min_foreground: float = 0.01,
+        scene_color_jitter: float = 0.0,
     ) -> None:
         super().__init__(
             root,
@@ -375,6 +377,7 @@ class RetouchPairsDataModule(TripletFoldersDataModule):
             eval_size,
             augment,
             min_foreground,
+            scene_color_jitter,
         )
 
     def list_records(self, split: Split) -> list[TripletRecord]:
@@ -428,6 +431,7 @@ class DualStreamDataModule(HarmonyDataModule):
             supervised.eval_size,
             supervised.augment,
             supervised.min_foreground,
+            supervised.scene_color_jitter,
         )
         self.supervised = supervised
         self.real_composites = Path(real_composites)
@@ -482,6 +486,7 @@ class DualStreamDataModule(HarmonyDataModule):
             num_workers=self.num_workers,
             drop_last=len(self.real_dataset) > self.batch_size,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=seed_worker if self.num_workers > 0 else None,
         )
         return CombinedLoader(
             {SUPERVISED: self.supervised.train_dataloader(), UNSUPERVISED: real}, mode="max_size_cycle"

@@ -26,6 +26,8 @@ class SyntheticHarmonyDataModule(IHarmony4DataModule):
         num_workers: DataLoader worker processes.
         eval_size: Side length the evaluator scores at.
         augment: Random-resized crop and flip for training.
+        scene_color_jitter: Strength in [0, 1] of a random colour change of the whole training scene,
+            composite and real alike; it stops a model memorising the few source photos (0 = off).
     """
 
     def __init__(
@@ -41,8 +43,19 @@ class SyntheticHarmonyDataModule(IHarmony4DataModule):
         num_workers: int = 0,
         eval_size: int = 256,
         augment: bool = True,
+        scene_color_jitter: float = 0.0,
     ) -> None:
-        super().__init__(root, ["HSynthetic"], 0.0, image_size, batch_size, num_workers, eval_size, augment)
+        super().__init__(
+            root,
+            ["HSynthetic"],
+            0.0,
+            image_size,
+            batch_size,
+            num_workers,
+            eval_size,
+            augment,
+            scene_color_jitter=scene_color_jitter,
+        )
         self.seed = seed
         self.counts = (num_train, num_val, num_test)
         self.source_size = source_size
