@@ -54,6 +54,13 @@ def test_different_seed_gives_different_images(tree: Path, tmp_path: Path) -> No
     assert sum(other[name] != reference[name] for name in images) > 0.9 * len(images)
 
 
+def test_a_split_does_not_depend_on_the_size_of_the_others(tree: Path, tmp_path: Path) -> None:
+    bigger = generate_synthetic_harmony(tmp_path / "bigger", seed=3, **{**SMALL, "num_train": 12})
+    for line, other in zip(_lines(tree, "test"), _lines(bigger, "test"), strict=True):
+        for small, big in zip(_triplet_paths(tree, line), _triplet_paths(bigger, other), strict=True):
+            assert small.read_bytes() == big.read_bytes()
+
+
 def test_list_files_have_the_requested_counts(tree: Path) -> None:
     lines = [line for split in SPLITS for line in _lines(tree, split)]
     assert [len(_lines(tree, split)) for split in SPLITS] == [

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from harmony.errors import HarmonyInputError
 
-GENERATOR_VERSION: Final = 1
+GENERATOR_VERSION: Final = 2
 """Bump whenever the generated files change, so cached trees are regenerated."""
 
 SUBSET: Final = "HSynthetic"
@@ -246,8 +246,8 @@ def _write_example(
     k: int,
     count: int,
 ) -> list[str]:
-    # One generator per real image: image i's files never depend on how other images were drawn.
-    rng = np.random.default_rng([args["seed"], index])
+    # One generator per (split, image): a split's files never depend on the other splits' sizes.
+    rng = np.random.default_rng([args["seed"], SPLITS.index(split), k])
     photos = PHOTO_SPLITS[split]
     real_name, photo = f"s{index:04d}", photos[k % len(photos)]
     real = _random_real(_photo(photo), args["image_size"], rng)
