@@ -7,6 +7,7 @@ use are shared here, so every method is scored by the same code.
 
 from __future__ import annotations
 
+import inspect
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -23,6 +24,22 @@ from harmony.data.io import read_mask, read_rgb, save_rgb
 from harmony.metrics import HarmonizationEvaluator, format_results_table, results_to_json
 
 Batch = dict[str, Any]
+
+
+def save_config_hyperparameters(module: LightningModule, injected: tuple[str, ...]) -> None:
+    """Save the hyper-parameters that let ``load_from_checkpoint`` rebuild ``module``.
+
+    Built by LightningCLI, the hyper-parameters are the configuration itself (``class_path``/``init_args``
+    of every injected part), which is what rebuilds the model. Built in Python, injected objects are
+    not configuration and are left out: such a checkpoint restores weights into a model you build.
+    """
+    # LightningCLI publishes the config through this context variable while it instantiates the model.
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+    from_config = _given_hyperparameters.get() is not None
+    module.save_hyperparameters(
+        ignore=None if from_config else list(injected), frame=inspect.currentframe().f_back
+    )
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

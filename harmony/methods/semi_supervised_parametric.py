@@ -9,7 +9,6 @@ per-pixel discriminator (Eq. 3–4) — Sec. 3.2.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,7 @@ from torch import nn
 
 from harmony.data import types as keys
 from harmony.data.real_composites import BACKGROUND, REAL, SUPERVISED, UNSUPERVISED
-from harmony.methods.base import Batch, HarmonizationModule, paste_background
+from harmony.methods.base import Batch, HarmonizationModule, paste_background, save_config_hyperparameters
 from harmony.nn.curves import apply_curves, curves_to_uint8_table
 
 
@@ -54,22 +53,6 @@ INJECTED = (
     "generator_scheduler",
     "discriminator_scheduler",
 )
-
-
-def save_config_hyperparameters(module: HarmonizationModule, injected: tuple[str, ...]) -> None:
-    """Save the hyper-parameters that let ``load_from_checkpoint`` rebuild ``module``.
-
-    Built by LightningCLI, the hyper-parameters are the configuration itself (``class_path``/``init_args``
-    of every injected part), which is what rebuilds the model. Built in Python, injected objects are
-    not configuration and are left out: such a checkpoint restores weights into a model you build.
-    """
-    # LightningCLI publishes the config through this context variable while it instantiates the model.
-    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-
-    from_config = _given_hyperparameters.get() is not None
-    module.save_hyperparameters(
-        ignore=None if from_config else list(injected), frame=inspect.currentframe().f_back
-    )
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
