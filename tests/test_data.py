@@ -126,6 +126,9 @@ def test_datamodule_batches_follow_the_shared_format(iharmony4_root: Path) -> No
     dm.setup("test")
     batch = next(iter(dm.train_dataloader()))
     assert batch[keys.COMPOSITE].shape == (4, 3, 32, 32) and batch[keys.TARGET].dtype == torch.float32
+    larger = IHarmony4DataModule(iharmony4_root, image_size=32, batch_size=4, eval_image_size=40)
+    larger.setup("test")
+    assert next(iter(larger.test_dataloader()))[keys.COMPOSITE].shape[-2:] == (40, 40)
     assert set(batch[keys.MASK].unique().tolist()) <= {0.0, 1.0}
     test = next(iter(dm.test_dataloader()))
     assert test[keys.EVAL_TARGET].dtype == torch.uint8 and test[keys.EVAL_TARGET].shape[-1] == 24

@@ -51,6 +51,9 @@ class HarmonyDataModule(LightningDataModule):
         min_foreground: Smallest foreground fraction a training crop may have.
         scene_color_jitter: Strength in [0, 1] of a random colour change of the whole training scene,
             composite and real alike (see :class:`~harmony.data.transforms.PairedTrainTransform`); 0 is off.
+        eval_image_size: Side length of the validation, test and prediction images the model sees, when it
+            differs from the training size (e.g. DiffHarmony trains at 512 and infers at 1024: resizing
+            the originals straight to 1024 keeps the detail a 512 copy would lose); ``None``: ``image_size``.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class HarmonyDataModule(LightningDataModule):
         augment: bool = True,
         min_foreground: float = 0.01,
         scene_color_jitter: float = 0.0,
+        eval_image_size: int | None = None,
     ) -> None:
         super().__init__()
         self.image_size = image_size
@@ -71,6 +75,7 @@ class HarmonyDataModule(LightningDataModule):
         self.augment = augment
         self.min_foreground = min_foreground
         self.scene_color_jitter = scene_color_jitter
+        self.eval_image_size = eval_image_size
         self.datasets: dict[str, Dataset] = {}
 
     @abstractmethod
@@ -95,7 +100,9 @@ class HarmonyDataModule(LightningDataModule):
             )
             return TripletDataset(records, self.image_size, transform=transform)
         return TripletDataset(
-            records, self.image_size, eval_size=None if split == "predict" else self.eval_size
+            records,
+            self.eval_image_size or self.image_size,
+            eval_size=None if split == "predict" else self.eval_size,
         )
 
     def setup(self, stage: str) -> None:
@@ -167,9 +174,17 @@ class IHarmony4DataModule(HarmonyDataModule):
         augment: bool = True,
         min_foreground: float = 0.01,
         scene_color_jitter: float = 0.0,
+        eval_image_size: int | None = None,
     ) -> None:
         super().__init__(
-            image_size, batch_size, num_workers, eval_size, augment, min_foreground, scene_color_jitter
+            image_size,
+            batch_size,
+            num_workers,
+            eval_size,
+            augment,
+            min_foreground,
+            scene_color_jitter,
+            eval_image_size,
         )
         self.root = Path(root)
         self.subsets = list(subsets) if subsets is not None else list(self.default_subsets)
@@ -213,6 +228,7 @@ class RPHarmonyDataModule(IHarmony4DataModule):
         augment: bool = True,
         min_foreground: float = 0.01,
         scene_color_jitter: float = 0.0,
+        eval_image_size: int | None = None,
     ) -> None:
         super().__init__(
             root,
@@ -225,6 +241,7 @@ class RPHarmonyDataModule(IHarmony4DataModule):
             augment,
             min_foreground,
             scene_color_jitter,
+            eval_image_size,
         )
 
 
@@ -261,9 +278,17 @@ class TripletFoldersDataModule(HarmonyDataModule):
         augment: bool = True,
         min_foreground: float = 0.01,
         scene_color_jitter: float = 0.0,
+        eval_image_size: int | None = None,
     ) -> None:
         super().__init__(
-            image_size, batch_size, num_workers, eval_size, augment, min_foreground, scene_color_jitter
+            image_size,
+            batch_size,
+            num_workers,
+            eval_size,
+            augment,
+            min_foreground,
+            scene_color_jitter,
+            eval_image_size,
         )
         self.root = Path(root)
         self.composite_dir = composite_dir
@@ -322,6 +347,7 @@ class HumanHarmonyDataModule(IHarmony4DataModule):
         augment: bool = True,
         min_foreground: float = 0.01,
         scene_color_jitter: float = 0.0,
+        eval_image_size: int | None = None,
     ) -> None:
         super().__init__(
             root,
@@ -334,6 +360,7 @@ class HumanHarmonyDataModule(IHarmony4DataModule):
             augment,
             min_foreground,
             scene_color_jitter,
+            eval_image_size,
         )
 
 

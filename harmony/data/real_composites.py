@@ -345,6 +345,7 @@ class RetouchPairsDataModule(TripletFoldersDataModule):
         augment: Random-resized crop and flip for training.
         min_foreground: Smallest foreground fraction a training crop may have.
         scene_color_jitter: Strength of a random colour change of the whole training scene (0 = off).
+        eval_image_size: Side length of evaluation images, when it differs from ``image_size``.
     """
 
     def __init__(
@@ -362,6 +363,7 @@ class RetouchPairsDataModule(TripletFoldersDataModule):
         augment: bool = True,
         min_foreground: float = 0.01,
         scene_color_jitter: float = 0.0,
+        eval_image_size: int | None = None,
     ) -> None:
         super().__init__(
             root,
@@ -378,6 +380,7 @@ class RetouchPairsDataModule(TripletFoldersDataModule):
             augment,
             min_foreground,
             scene_color_jitter,
+            eval_image_size,
         )
 
     def list_records(self, split: Split) -> list[TripletRecord]:
@@ -432,6 +435,7 @@ class DualStreamDataModule(HarmonyDataModule):
             supervised.augment,
             supervised.min_foreground,
             supervised.scene_color_jitter,
+            supervised.eval_image_size,
         )
         self.supervised = supervised
         self.real_composites = Path(real_composites)

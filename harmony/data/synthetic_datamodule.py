@@ -28,6 +28,7 @@ class SyntheticHarmonyDataModule(IHarmony4DataModule):
         augment: Random-resized crop and flip for training.
         scene_color_jitter: Strength in [0, 1] of a random colour change of the whole training scene,
             composite and real alike; it stops a model memorising the few source photos (0 = off).
+        eval_image_size: Side length of evaluation images, when it differs from ``image_size``.
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class SyntheticHarmonyDataModule(IHarmony4DataModule):
         eval_size: int = 256,
         augment: bool = True,
         scene_color_jitter: float = 0.0,
+        eval_image_size: int | None = None,
     ) -> None:
         super().__init__(
             root,
@@ -55,6 +57,7 @@ class SyntheticHarmonyDataModule(IHarmony4DataModule):
             eval_size,
             augment,
             scene_color_jitter=scene_color_jitter,
+            eval_image_size=eval_image_size,
         )
         self.seed = seed
         self.counts = (num_train, num_val, num_test)
