@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from lightning.pytorch import Trainer
@@ -26,26 +27,60 @@ from harmony.methods import Composite, HarmonizationModule, HistogramMatching, R
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Trained methods: (config, checkpoint). A row appears when its checkpoint exists.
-METHOD_ROWS: dict[str, tuple[str, str]] = {
-    "SemiSupervisedParametric": (
-        "experiments/semi_supervised_parametric.yaml",
-        "checkpoints/semi_supervised_parametric.ckpt",
+
+@dataclass(frozen=True)
+class MethodRow:
+    """A trained method's row: its config, and the weights that must be present for it to appear.
+
+    Args:
+        config: The experiment config that builds the model (relative to the repository).
+        checkpoint: A ``harmony fit`` checkpoint whose weights (EMA weights where the method keeps an
+            EMA) are loaded into the built model; ``None`` when the config names its weights itself.
+        needs: Further files or folders that must exist (weights the config loads when the test starts).
+    """
+
+    config: str
+    checkpoint: str | None = None
+    needs: tuple[str, ...] = ()
+
+    def missing(self) -> list[str]:
+        """The required paths that do not exist."""
+        paths = ([self.checkpoint] if self.checkpoint else []) + list(self.needs)
+        return [path for path in paths if not (REPO / path).exists()]
+
+
+METHOD_ROWS: dict[str, MethodRow] = {
+    "SemiSupervisedParametric": MethodRow(
+        "experiments/semi_supervised_parametric.yaml", "checkpoints/semi_supervised_parametric.ckpt"
     ),
-    "DiffHarmony": ("experiments/diffharmony.yaml", "checkpoints/diffharmony.ckpt"),
-    "DiffHarmonyPlusPlus": ("experiments/diffharmony_plusplus.yaml", "checkpoints/diffharmony_plusplus.ckpt"),
+    "DiffHarmony": MethodRow("experiments/diffharmony.yaml", "checkpoints/diffharmony.ckpt"),
+    # DiffHarmony++ has no checkpoint of its own: its config loads a trained DiffHarmony UNet and a trained
+    # Harmony-VAE from these folders (what `harmony fit` exports to <log_dir>/pretrained/).
+    "DiffHarmonyPlusPlus": MethodRow(
+        "experiments/diffharmony_plusplus.yaml",
+        needs=("checkpoints/diffharmony/unet", "checkpoints/harmony_vae"),
+    ),
 }
+"""Trained methods; a row appears when everything it needs is present (see checkpoints/README.md)."""
 
 
-def load_method(config: Path, checkpoint: Path) -> HarmonizationModule:
-    """Build a config's model and load a trained checkpoint's weights into it."""
+def load_method(config: Path, checkpoint: Path | None) -> HarmonizationModule:
+    """Build a config's model and, given a checkpoint, load its trained weights the way Lightning would.
+
+    The checkpoint goes through the model's ``on_load_checkpoint`` first, so a method with an EMA is
+    evaluated with its EMA weights and does not reload its pretrained starting weights over them.
+    """
     import torch
 
     from harmony.commands.summary import build_model
 
     model = build_model([str(config)], [])
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["state_dict"] if "state_dict" in state else state)
+    if checkpoint is not None:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if "state_dict" not in state:
+            raise HarmonyInputError(checkpoint, "not a Lightning checkpoint (no state_dict)")
+        model.on_load_checkpoint(state)
+        model.load_state_dict(state["state_dict"])
     return model  # type: ignore[return-value]
 
 
@@ -135,11 +170,14 @@ def main(argv: list[str] | None = None) -> int:
         "ReinhardLabTransfer": ReinhardLabTransfer(),
         "HistogramMatching": HistogramMatching(),
     }
-    for row, (config, checkpoint) in METHOD_ROWS.items():
-        if (REPO / checkpoint).is_file():
-            modules[row] = load_method(REPO / config, REPO / checkpoint)
-        else:
-            print(f"{row}: skipped (no checkpoint at {checkpoint})", file=sys.stderr)
+    for row, method in METHOD_ROWS.items():
+        if args.rows and row not in args.rows:
+            continue
+        if missing := method.missing():
+            print(f"{row}: skipped (not present: {', '.join(missing)})", file=sys.stderr)
+            continue
+        checkpoint = REPO / method.checkpoint if method.checkpoint else None
+        modules[row] = load_method(REPO / method.config, checkpoint)
     table: dict[str, dict] = {}
     for row, module in modules.items():
         if args.rows and row not in args.rows:

@@ -1,0 +1,269 @@
+"""Harmony-VAE (DiffHarmony++, Sec. 3.2): a VAE decoder that also sees the composite and its mask.
+
+A conditional encoder reads ``cat[composite, mask]``; its intermediate features are added to the
+decoder's features UNet-style, each through a zero-initialised 1×1 convolution, and its latent is added
+to the decoder's input through one more. Everything new starts at zero, so a fresh Harmony-VAE decodes
+exactly like the VAE it was made from; training then teaches the decoder to take back the pixel detail
+the latent lost from the composite.
+
+Feature routing (SD VAE, 4 blocks × 2 layers): the 12 encoder features (``conv_in`` output, each
+down-block resnet output, each downsampler output) are added after the 12 decoder resnets, last in
+first out, so each lands on the decoder feature of the same resolution; where the channel counts
+differ the 1×1 conv maps them. The encoder's mid-block output is added after the decoder's mid-block.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from diffusers import AutoencoderKL
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution, Encoder
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+
+def zero_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
+    """A 1×1 convolution whose weight and bias start at zero."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size=1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+def encoder_feature_channels(block_out_channels: tuple[int, ...], layers_per_block: int) -> list[int]:
+    """Channels of the encoder features passed to the decoder, in the order they are produced."""
+    channels = [block_out_channels[0]]
+    for index, width in enumerate(block_out_channels):
+        channels += [width] * layers_per_block
+        if index < len(block_out_channels) - 1:
+            channels.append(width)
+    return channels
+
+
+def decoder_resnet_channels(block_out_channels: tuple[int, ...], layers_per_block: int) -> list[int]:
+    """Output channels of the decoder's resnets, in decoding order."""
+    return [width for width in reversed(block_out_channels) for _ in range(layers_per_block + 1)]
+
+
+class HarmonyCondition(nn.Module):
+    """The conditional encoder of a Harmony-VAE and its zero-initialised connections to the decoder.
+
+    Args:
+        in_channels: Image channels.
+        mask_channels: Mask channels (appended to the image at the input).
+        latent_channels: Latent channels of the VAE.
+        down_block_types: Block types of the VAE encoder.
+        block_out_channels: Widths of the VAE blocks.
+        layers_per_block: Resnets per encoder block.
+        act_fn: Activation of the VAE.
+        norm_num_groups: Group-norm groups of the VAE.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        mask_channels: int,
+        latent_channels: int,
+        down_block_types: tuple[str, ...],
+        block_out_channels: tuple[int, ...],
+        layers_per_block: int,
+        act_fn: str,
+        norm_num_groups: int,
+    ) -> None:
+        super().__init__()
+        self.encoder = Encoder(
+            in_channels=in_channels + mask_channels,
+            out_channels=latent_channels,
+            down_block_types=down_block_types,
+            block_out_channels=block_out_channels,
+            layers_per_block=layers_per_block,
+            norm_num_groups=norm_num_groups,
+            act_fn=act_fn,
+            double_z=True,
+        )
+        features = encoder_feature_channels(block_out_channels, layers_per_block)
+        targets = decoder_resnet_channels(block_out_channels, layers_per_block)
+        # skip_convs[k] carries encoder feature k to the decoder resnet that pops it (last in, first out).
+        self.skip_convs = nn.ModuleList(zero_conv(width, targets[-1 - k]) for k, width in enumerate(features))
+        self.mid_skip_conv = zero_conv(block_out_channels[-1], block_out_channels[-1])
+        self.latent_skip_conv = zero_conv(latent_channels, latent_channels)
+
+    def forward(
+        self, composite: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Encode the condition.
+
+        Args:
+            composite: ``B×3×H×W`` in ``[-1, 1]``.
+            mask: ``B×1×H×W`` in ``{0, 1}``.
+
+        Returns:
+            The decoder skips in encoder order (already through their zero convs), the mid-block skip,
+            and the encoder's output moments (``B×2C×h×w``, before ``quant_conv``).
+        """
+        encoder = self.encoder
+        hidden = encoder.conv_in(torch.cat([composite, mask.to(composite.dtype)], dim=1))
+        features = [hidden]
+        for block in encoder.down_blocks:
+            for resnet in block.resnets:
+                hidden = resnet(hidden, None)
+                features.append(hidden)
+            for downsampler in block.downsamplers or []:
+                hidden = downsampler(hidden)
+                features.append(hidden)
+        hidden = encoder.mid_block(hidden)
+        mid = self.mid_skip_conv(hidden)
+        moments = encoder.conv_out(encoder.conv_act(encoder.conv_norm_out(hidden)))
+        skips = [conv(feature) for conv, feature in zip(self.skip_convs, features, strict=True)]
+        return skips, mid, moments
+
+
+class HarmonyVAEModel(ModelMixin, ConfigMixin):
+    """Harmony-VAE: an ``AutoencoderKL`` whose decoding is conditioned on the composite and mask.
+
+    Holds the plain VAE (``vae``; its encoder and quant convs stay frozen in training) and the
+    :class:`HarmonyCondition` (``condition``, ≈36.1M parameters for the SD VAE). Made from a VAE with
+    :meth:`from_vae`; saved and loaded in the diffusers folder format (``save_pretrained`` /
+    ``from_pretrained``). The arguments are those of ``AutoencoderKL``.
+
+    Args:
+        in_channels: Image channels.
+        out_channels: Output image channels.
+        down_block_types: Encoder block types.
+        up_block_types: Decoder block types.
+        block_out_channels: Block widths.
+        layers_per_block: Resnets per encoder block (the decoder has one more).
+        act_fn: Activation.
+        latent_channels: Latent channels.
+        norm_num_groups: Group-norm groups.
+        sample_size: Nominal image size (informational, as in ``AutoencoderKL``).
+        scaling_factor: Latent scale factor of the VAE.
+        mask_channels: Channels of the mask condition.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        down_block_types: tuple[str, ...] = ("DownEncoderBlock2D",),
+        up_block_types: tuple[str, ...] = ("UpDecoderBlock2D",),
+        block_out_channels: tuple[int, ...] = (64,),
+        layers_per_block: int = 1,
+        act_fn: str = "silu",
+        latent_channels: int = 4,
+        norm_num_groups: int = 32,
+        sample_size: int = 32,
+        scaling_factor: float = 0.18215,
+        mask_channels: int = 1,
+    ) -> None:
+        super().__init__()
+        self.vae = AutoencoderKL(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            down_block_types=tuple(down_block_types),
+            up_block_types=tuple(up_block_types),
+            block_out_channels=tuple(block_out_channels),
+            layers_per_block=layers_per_block,
+            act_fn=act_fn,
+            latent_channels=latent_channels,
+            norm_num_groups=norm_num_groups,
+            sample_size=sample_size,
+            scaling_factor=scaling_factor,
+        )
+        self.condition = HarmonyCondition(
+            in_channels,
+            mask_channels,
+            latent_channels,
+            tuple(down_block_types),
+            tuple(block_out_channels),
+            layers_per_block,
+            act_fn,
+            norm_num_groups,
+        )
+
+    @classmethod
+    def from_vae(cls, vae: AutoencoderKL) -> HarmonyVAEModel:
+        """A Harmony-VAE made from ``vae`` that decodes exactly like it (:meth:`initialize_from_vae`)."""
+        names = set(inspect.signature(cls.__init__).parameters) - {"self", "mask_channels"}
+        model = cls(**{name: vae.config[name] for name in names if name in vae.config})
+        model.initialize_from_vae(vae)
+        return model
+
+    @torch.no_grad()
+    def initialize_from_vae(self, vae: AutoencoderKL | None = None) -> None:
+        """(Re)initialise from a VAE, as the paper prescribes.
+
+        The VAE is copied (when given); the conditional encoder becomes a copy of the VAE encoder whose
+        ``conv_in`` weights for the mask start at zero (paper Sec. 3.2 — the official code instead adds a
+        separate, default-initialised mask convolution); all skip convolutions are zeroed.
+
+        Args:
+            vae: The VAE to copy; ``None`` re-derives the condition from the VAE already held.
+        """
+        if vae is not None:
+            self.vae.load_state_dict(vae.state_dict())
+        state = dict(self.vae.encoder.state_dict())
+        rgb_weight = state["conv_in.weight"]
+        weight = rgb_weight.new_zeros(self.condition.encoder.conv_in.weight.shape)
+        weight[:, : rgb_weight.shape[1]] = rgb_weight
+        state["conv_in.weight"] = weight
+        self.condition.encoder.load_state_dict(state)
+        for conv in [
+            *self.condition.skip_convs,
+            self.condition.mid_skip_conv,
+            self.condition.latent_skip_conv,
+        ]:
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def decode(self, z: torch.Tensor, composite: torch.Tensor, mask: torch.Tensor) -> DecoderOutput:
+        """Decode latents with the composite and mask as condition.
+
+        Args:
+            z: ``B×C×h×w`` unscaled latents (what ``AutoencoderKL.decode`` takes).
+            composite: ``B×3×H×W`` composite in ``[-1, 1]`` at the output size.
+            mask: ``B×1×H×W`` foreground mask in ``{0, 1}``.
+
+        Returns:
+            ``DecoderOutput`` whose ``sample`` is the ``B×3×H×W`` image in ``[-1, 1]``.
+        """
+        skips, mid, moments = self.condition(composite, mask)
+        # The condition's own latent is its posterior mean (the official code samples it): decoding
+        # stays deterministic for a given z; the zero conv learns its scale either way.
+        condition_latent = DiagonalGaussianDistribution(self.vae.quant_conv(moments)).mode()
+        hidden = self.vae.post_quant_conv(z) + self.condition.latent_skip_conv(
+            self.vae.post_quant_conv(condition_latent)
+        )
+        decoder = self.vae.decoder
+        hidden = decoder.mid_block(decoder.conv_in(hidden), None) + mid
+        for block in decoder.up_blocks:
+            for resnet in block.resnets:
+                hidden = resnet(hidden, None) + skips.pop()
+            for upsampler in block.upsamplers or []:
+                hidden = upsampler(hidden)
+        sample = decoder.conv_out(decoder.conv_act(decoder.conv_norm_out(hidden)))
+        return DecoderOutput(sample=sample)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        composite: torch.Tensor,
+        mask: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+    ) -> DecoderOutput:
+        """Reconstruct ``images`` through the frozen encoder's posterior sample and the conditioned decoder.
+
+        This is the training path (Eq. 2: the real image is encoded, the composite and mask condition
+        the decoding).
+
+        Args:
+            images: ``B×3×H×W`` images to reconstruct, in ``[-1, 1]``.
+            composite: ``B×3×H×W`` composite in ``[-1, 1]``.
+            mask: ``B×1×H×W`` mask in ``{0, 1}``.
+            generator: Generator(s) of the posterior sample.
+        """
+        z = self.vae.encode(images).latent_dist.sample(generator)
+        return self.decode(z, composite, mask)
