@@ -173,3 +173,14 @@ def test_folder_datamodules(tmp_path: Path) -> None:
     assert keys.TARGET not in sample and sample[keys.COMPOSITE].shape == (3, 8, 8)
     with pytest.raises(HarmonyInputError, match="no mask named x"):
         FolderDataModule(tmp_path / "composite", tmp_path / "mask").list_records("predict")
+
+
+def test_iharmony4_layout_modules_default_to_their_own_root_and_subsets(tmp_path: Path) -> None:
+    from harmony.data import HumanHarmonyDataModule, RPHarmonyDataModule
+
+    assert IHarmony4DataModule().root == Path("data/iHarmony4")
+    rp = RPHarmonyDataModule(scene_color_jitter=0.5)
+    assert rp.root == Path("data/RPHarmony") and rp.subsets == ["R-ADE20K", "R-DUTS"]
+    assert rp.scene_color_jitter == 0.5
+    human = HumanHarmonyDataModule(root=tmp_path)
+    assert human.root == tmp_path and human.subsets == ["HumanHarmony"]

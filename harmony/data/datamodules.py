@@ -153,18 +153,23 @@ class IHarmony4DataModule(HarmonyDataModule):
     no validation split: unless the root has ``IHD_val.txt``, a deterministic ``val_fraction`` of the
     training photos (whole real images, never split across parts) is held out.
 
+    Subclasses for data sets with the same layout only change :attr:`default_root` and
+    :attr:`default_subsets`.
+
     Args:
-        root: The data set root (see data/README.md).
+        root: The data set root (see data/README.md); ``None``: the class's ``default_root``
+            (``data/iHarmony4``, ``data/RPHarmony``, ``data/HumanHarmony``).
         subsets: The subsets to use (default: HCOCO, HAdobe5k, HFlickr, Hday2night).
         val_fraction: Share of training photos held out for validation when there is no ``IHD_val.txt``.
         **kwargs: See :class:`HarmonyDataModule`.
     """
 
+    default_root: str = "data/iHarmony4"
     default_subsets: tuple[str, ...] = IHARMONY4_SUBSETS
 
     def __init__(
         self,
-        root: str | Path = "data/iHarmony4",
+        root: str | Path | None = None,
         subsets: list[str] | None = None,
         val_fraction: float = 0.01,
         image_size: int = 256,
@@ -186,7 +191,7 @@ class IHarmony4DataModule(HarmonyDataModule):
             scene_color_jitter,
             eval_image_size,
         )
-        self.root = Path(root)
+        self.root = Path(root if root is not None else self.default_root)
         self.subsets = list(subsets) if subsets is not None else list(self.default_subsets)
         self.val_fraction = val_fraction
 
@@ -205,44 +210,12 @@ class RPHarmonyDataModule(IHarmony4DataModule):
     """RPHarmony (R2R's Random-Poisson-Blending set): ``<root>/{R-ADE20K,R-DUTS}/...``.
 
     Same layout and naming as iHarmony4; list files ``IHD_<split>.txt``, ``<split>.txt`` or
-    ``<split>.jsonl`` at the root, or per subset ``<Subset>/<Subset>_<split>.txt``.
-
-    Args:
-        root: The data set root.
-        subsets: The subsets to use (default: R-ADE20K, R-DUTS).
-        val_fraction: Share of training photos held out for validation.
-        **kwargs: See :class:`HarmonyDataModule`.
+    ``<split>.jsonl`` at the root, or per subset ``<Subset>/<Subset>_<split>.txt``. Default root
+    ``data/RPHarmony``; default subsets R-ADE20K and R-DUTS. Arguments: see :class:`IHarmony4DataModule`.
     """
 
+    default_root = "data/RPHarmony"
     default_subsets = ("R-ADE20K", "R-DUTS")
-
-    def __init__(
-        self,
-        root: str | Path = "data/RPHarmony",
-        subsets: list[str] | None = None,
-        val_fraction: float = 0.01,
-        image_size: int = 256,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        eval_size: int = 256,
-        augment: bool = True,
-        min_foreground: float = 0.01,
-        scene_color_jitter: float = 0.0,
-        eval_image_size: int | None = None,
-    ) -> None:
-        super().__init__(
-            root,
-            subsets,
-            val_fraction,
-            image_size,
-            batch_size,
-            num_workers,
-            eval_size,
-            augment,
-            min_foreground,
-            scene_color_jitter,
-            eval_image_size,
-        )
 
 
 class TripletFoldersDataModule(HarmonyDataModule):
@@ -323,45 +296,13 @@ class HumanHarmonyDataModule(IHarmony4DataModule):
     """Human Harmony (DiffHarmony++): iHarmony4-style naming and list files.
 
     ``<root>/HumanHarmony/{composite_images,masks,real_images}`` with ``IHD_train.txt``/``IHD_test.txt``
-    (or ``train.jsonl``/``test.jsonl``) at the root. Use :class:`TripletFoldersDataModule` if your copy
-    is laid out as folders matched by stem.
-
-    Args:
-        root: The data set root.
-        subsets: The subsets to use (default: HumanHarmony).
-        val_fraction: Share of training photos held out for validation.
-        **kwargs: See :class:`HarmonyDataModule`.
+    (or ``train.jsonl``/``test.jsonl``) at the root; default root ``data/HumanHarmony``. Use
+    :class:`TripletFoldersDataModule` if your copy is laid out as folders matched by stem. Arguments:
+    see :class:`IHarmony4DataModule`.
     """
 
+    default_root = "data/HumanHarmony"
     default_subsets = ("HumanHarmony",)
-
-    def __init__(
-        self,
-        root: str | Path = "data/HumanHarmony",
-        subsets: list[str] | None = None,
-        val_fraction: float = 0.01,
-        image_size: int = 256,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        eval_size: int = 256,
-        augment: bool = True,
-        min_foreground: float = 0.01,
-        scene_color_jitter: float = 0.0,
-        eval_image_size: int | None = None,
-    ) -> None:
-        super().__init__(
-            root,
-            subsets,
-            val_fraction,
-            image_size,
-            batch_size,
-            num_workers,
-            eval_size,
-            augment,
-            min_foreground,
-            scene_color_jitter,
-            eval_image_size,
-        )
 
 
 class RealHMDataModule(TripletFoldersDataModule):
