@@ -119,7 +119,7 @@ def train_steps_per_second(args: argparse.Namespace, variant: Variant, device: t
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, variant.bf16):
-            loss = model.training_step(batch, 0)
+            loss = model.training_loss(batch)
         loss.backward()
         optimizer.step()
 

@@ -343,6 +343,12 @@ class DiffHarmony(_DiffusersModule):
     # --- training ---------------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """One denoising step on the real image's latent with the foreground-weighted latent MSE."""
+        loss = self.training_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch[keys.TARGET].shape[0])
+        return loss
+
+    def training_loss(self, batch: Batch) -> torch.Tensor:
+        """The denoising loss of a batch (what :meth:`training_step` logs and returns)."""
         with torch.no_grad():
             latents = self.encode(batch[keys.TARGET])
             composite_latents = self.encode(batch[keys.COMPOSITE])
@@ -353,11 +359,8 @@ class DiffHarmony(_DiffusersModule):
         prediction = self.predict_noise(noisy, timesteps, mask, composite_latents)
         target = diffusion_target(self.noise_scheduler, latents, noise, timesteps)
         if self.loss_min_foreground is None:
-            loss = F.mse_loss(prediction.float(), target.float())
-        else:
-            loss = foreground_weighted_mse(prediction, target, mask, self.loss_min_foreground)
-        self.log("train/loss", loss, prog_bar=True, batch_size=latents.shape[0])
-        return loss
+            return F.mse_loss(prediction.float(), target.float())
+        return foreground_weighted_mse(prediction, target, mask, self.loss_min_foreground)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """The optimizer of the UNet."""
