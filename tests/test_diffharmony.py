@@ -262,8 +262,10 @@ def _pretrain_tiny_vae(datamodule: SyntheticHarmonyDataModule, steps: int, folde
     """
     torch.manual_seed(0)
     vae = build_vae("tiny_inpainting")
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=3e-3, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+    # Trained on jittered scenes its error on unseen photos spikes while the rate is high (once still
+    # 1988 after 2400 steps at 3e-3 unclipped); a lower peak and clipped gradients settle it.
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=steps, pct_start=0.1)
     step = 0
     while step < steps:
         for batch in datamodule.train_dataloader():
@@ -272,6 +274,7 @@ def _pretrain_tiny_vae(datamodule: SyntheticHarmonyDataModule, steps: int, folde
             loss = F.l1_loss(reconstruction, images) + F.mse_loss(reconstruction, images)
             optimizer.zero_grad()
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
             optimizer.step()
             schedule.step()
             step += 1
@@ -294,26 +297,36 @@ def _pretrain_tiny_vae(datamodule: SyntheticHarmonyDataModule, steps: int, folde
 
 @pytest.mark.slow
 @pytest.mark.xfail(
-    reason="not reached on CPU: val fMSE 1967 vs Composite 1050 after 1000 steps (tiny VAE floor 483); "
-    "a 12-channel VAE (floor 507) and the plain-MSE loss gave 1853 and 1737",
+    reason="not reached on CPU: val fMSE 1448 vs Composite 1050 (VAE floor 158); a sample's error is about "
+    "twice the model's mean-prediction error (see the docstring), and after 1000 steps the one-step mean "
+    "prediction is only level with the Composite on the validation photos",
     strict=False,
 )
 def test_tiny_diffharmony_learns_on_synthetic_harmony(tmp_path: Path) -> None:
-    """1000 steps on SyntheticHarmony (32 px, CPU) bring the validation fMSE below the Composite's."""
+    """1000 steps on SyntheticHarmony (32 px, CPU) bring the validation fMSE below the Composite's.
+
+    The recipe is the one that generalised best to the held-out photos: scene colour jitter and 960
+    training composites for both the stand-in VAE and the UNet (without them both memorise the six
+    training photos: 0.27x the Composite's fMSE on the training split, worse than it on validation).
+    What keeps the bar out of reach is sampling itself: the sampler draws from the model's posterior, whose
+    expected error is the mean prediction's error plus the posterior's variance (about twice the former
+    for a calibrated model), so a sample beats the Composite only once the mean prediction is at about half
+    of it. The paper starts from the pretrained SD-inpainting UNet, whose posterior is sharp.
+    """
     import lightning as L
 
     from harmony.methods import Composite
     from harmony.nn.latent import build_noise_scheduler, build_unet
 
-    def data(batch_size: int) -> SyntheticHarmonyDataModule:
+    def data(batch_size: int, train: bool) -> SyntheticHarmonyDataModule:
         return SyntheticHarmonyDataModule(
-            root=tmp_path / "synthetic", seed=0, num_train=320, num_val=32, num_test=8, source_size=32,
-            image_size=32, batch_size=batch_size, augment=False,
+            root=tmp_path / "synthetic", seed=0, num_train=960, num_val=32, num_test=8, source_size=32,
+            image_size=32, batch_size=batch_size, augment=train, scene_color_jitter=1.0 if train else 0.0,
         )  # fmt: skip
 
-    vae_data = data(8)
+    vae_data = data(8, train=True)
     vae_data.setup("fit")
-    reconstruction = _pretrain_tiny_vae(vae_data, 800, tmp_path / "tiny_vae")
+    reconstruction = _pretrain_tiny_vae(vae_data, 2400, tmp_path / "tiny_vae")
     L.seed_everything(0)
     # SD's epsilon target is ill-conditioned at high noise for a UNet trained from scratch for a few
     # hundred steps (x0 = (x_t - sqrt(1 - a) eps) / sqrt(a)); the paper fine-tunes a pretrained one.
@@ -339,9 +352,9 @@ def test_tiny_diffharmony_learns_on_synthetic_harmony(tmp_path: Path) -> None:
         max_steps=1000, enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
         gradient_clip_val=1.0, **options,
     )  # fmt: skip
-    trainer.fit(model, datamodule=data(16))
+    trainer.fit(model, datamodule=data(16, train=True))
     evaluator = L.Trainer(**options)
-    fmse = evaluator.validate(model, datamodule=data(8), verbose=False)[0]["val/fmse"]
-    composite = evaluator.validate(Composite(), datamodule=data(8), verbose=False)[0]["val/fmse"]
+    fmse = evaluator.validate(model, datamodule=data(8, train=False), verbose=False)[0]["val/fmse"]
+    composite = evaluator.validate(Composite(), datamodule=data(8, train=False), verbose=False)[0]["val/fmse"]
     print(f"tiny VAE fg MSE {reconstruction:.1f}; val fMSE DiffHarmony {fmse:.1f}, Composite {composite:.1f}")
     assert fmse < composite
