@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import inspect
+import re
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from harmony.data import FolderDataModule, IHarmony4DataModule, TripletFoldersDataModule
+from harmony.cli import main
+from harmony.data import (
+    DualStreamDataModule,
+    FolderDataModule,
+    HarmonyDataModule,
+    IHarmony4DataModule,
+    RealHMDataModule,
+    RetouchPairsDataModule,
+    SyntheticHarmonyDataModule,
+    TripletFoldersDataModule,
+)
 from harmony.data import types as keys
 from harmony.data.records import holdout, iharmony4_record, list_iharmony4
 from harmony.data.transforms import PairedTrainTransform
@@ -184,3 +196,62 @@ def test_iharmony4_layout_modules_default_to_their_own_root_and_subsets(tmp_path
     assert rp.scene_color_jitter == 0.5
     human = HumanHarmonyDataModule(root=tmp_path)
     assert human.root == tmp_path and human.subsets == ["HumanHarmony"]
+
+
+SHARED_OPTIONS = list(inspect.signature(HarmonyDataModule.__init__).parameters)[1:]
+
+
+def data_help(capsys: pytest.CaptureFixture[str], datamodule: str) -> set[str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--data.help", datamodule])
+    assert exit_info.value.code in (0, None)
+    return set(re.findall(r"--data\.(\w+)", capsys.readouterr().out))
+
+
+def test_subclasses_hand_the_shared_options_on_by_keyword(iharmony4_root: Path, tmp_path: Path) -> None:
+    dm = IHarmony4DataModule(root=iharmony4_root, batch_size=3)
+    assert dm.batch_size == 3 and dm.image_size == 256 and dm.augment
+    assert list(dm.shared_options()) == SHARED_OPTIONS
+    assert dm.shared_options()["batch_size"] == 3
+    synthetic = SyntheticHarmonyDataModule(root=tmp_path / "synthetic", batch_size=3, min_foreground=0.2)
+    assert (synthetic.batch_size, synthetic.min_foreground, synthetic.subsets) == (3, 0.2, ["HSynthetic"])
+    assert RetouchPairsDataModule(tmp_path, val_fraction=0.3).image_size == 512
+    with pytest.raises(TypeError):
+        RealHMDataModule(augment=True)
+
+
+def test_dual_stream_takes_every_shared_option_of_its_supervised_data(iharmony4_root: Path) -> None:
+    supervised = IHarmony4DataModule(iharmony4_root, image_size=32, batch_size=3, scene_color_jitter=0.5)
+    dual = DualStreamDataModule(supervised, real_composites=iharmony4_root)
+    assert dual.shared_options() == supervised.shared_options()
+
+
+@pytest.mark.parametrize(
+    "datamodule",
+    ["IHarmony4DataModule", "RPHarmonyDataModule", "TripletFoldersDataModule", "RetouchPairsDataModule"],
+)
+def test_help_lists_the_shared_options(datamodule: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert set(SHARED_OPTIONS) <= data_help(capsys, datamodule)
+
+
+def test_restricted_datamodules_offer_only_the_options_they_use(capsys: pytest.CaptureFixture[str]) -> None:
+    shown = data_help(capsys, "RealHMDataModule") & set(SHARED_OPTIONS)
+    assert shown == {"image_size", "batch_size", "num_workers", "eval_size"}
+    assert data_help(capsys, "FolderDataModule") & set(SHARED_OPTIONS) == {
+        "image_size",
+        "batch_size",
+        "num_workers",
+    }
+    assert FolderDataModule("composites", "masks").batch_size == 1
+    synthetic = data_help(capsys, "SyntheticHarmonyDataModule")
+    assert set(SHARED_OPTIONS) <= synthetic and not {"subsets", "val_fraction"} & synthetic
+
+
+def test_cli_refuses_an_option_a_datamodule_fixes(capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["fit", "--model=Composite", "--data=RealHMDataModule", "--data.init_args.batch_size=3"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*common, "--print_config"])
+    assert exit_info.value.code in (0, None) and "batch_size: 3" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main([*common, "--data.init_args.augment=false", "--print_config"])
+    assert exit_info.value.code == 2 and "'augment' is not accepted" in capsys.readouterr().err

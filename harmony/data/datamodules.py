@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 from abc import abstractmethod
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import torch
@@ -42,6 +43,11 @@ class HarmonyDataModule(LightningDataModule):
     samples are resized with PIL bilinear exactly as the evaluator resizes files, and carry the
     protocol-size copies the evaluator scores.
 
+    The options below are keyword-only and shared by every DataModule. A subclass declares only the
+    parameters that are new to it (or whose default it changes, or that it fixes) and hands the rest on
+    with ``super().__init__(..., **kwargs)``; LightningCLI follows ``**kwargs`` into this signature, so
+    the subclass's ``--data.help`` lists these options with the help texts below, less any it fixes.
+
     Args:
         image_size: Side length of the images the model sees.
         batch_size: Samples per batch (training and evaluation).
@@ -58,6 +64,7 @@ class HarmonyDataModule(LightningDataModule):
 
     def __init__(
         self,
+        *,
         image_size: int = 256,
         batch_size: int = 8,
         num_workers: int = 0,
@@ -77,6 +84,16 @@ class HarmonyDataModule(LightningDataModule):
         self.scene_color_jitter = scene_color_jitter
         self.eval_image_size = eval_image_size
         self.datasets: dict[str, Dataset] = {}
+
+    def shared_options(self) -> dict[str, Any]:
+        """The values of this DataModule's :class:`HarmonyDataModule` options, by name.
+
+        The names are read from :class:`HarmonyDataModule`'s own signature, so a DataModule that wraps
+        another one (:class:`~harmony.data.real_composites.DualStreamDataModule`) is built with the same
+        options by ``super().__init__(**wrapped.shared_options())``.
+        """
+        names = list(inspect.signature(HarmonyDataModule.__init__).parameters)[1:]
+        return {name: getattr(self, name) for name in names}
 
     @abstractmethod
     def list_records(self, split: Split) -> list[TripletRecord]:
@@ -117,32 +134,37 @@ class HarmonyDataModule(LightningDataModule):
             if split not in self.datasets:
                 self.datasets[split] = self.make_dataset(split)
 
-    def _loader(self, split: Split, shuffle: bool) -> DataLoader:
+    def make_dataloader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        """Batches of ``dataset`` with this DataModule's batch size and workers.
+
+        Shuffled loaders drop the last incomplete batch unless the dataset fits in one batch; workers
+        are persistent and start through :func:`seed_worker`.
+        """
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
-            drop_last=shuffle and len(self.datasets[split]) > self.batch_size,
+            drop_last=shuffle and len(dataset) > self.batch_size,
             persistent_workers=self.num_workers > 0,
             worker_init_fn=seed_worker if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches."""
-        return self._loader("train", shuffle=True)
+        return self.make_dataloader(self.datasets["train"], shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches."""
-        return self._loader("val", shuffle=False)
+        return self.make_dataloader(self.datasets["val"], shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         """Test batches."""
-        return self._loader("test", shuffle=False)
+        return self.make_dataloader(self.datasets["test"], shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
         """Prediction batches."""
-        return self._loader("predict", shuffle=False)
+        return self.make_dataloader(self.datasets["predict"], shuffle=False)
 
 
 class IHarmony4DataModule(HarmonyDataModule):
@@ -172,25 +194,9 @@ class IHarmony4DataModule(HarmonyDataModule):
         root: str | Path | None = None,
         subsets: list[str] | None = None,
         val_fraction: float = 0.01,
-        image_size: int = 256,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        eval_size: int = 256,
-        augment: bool = True,
-        min_foreground: float = 0.01,
-        scene_color_jitter: float = 0.0,
-        eval_image_size: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            image_size,
-            batch_size,
-            num_workers,
-            eval_size,
-            augment,
-            min_foreground,
-            scene_color_jitter,
-            eval_image_size,
-        )
+        super().__init__(**kwargs)
         self.root = Path(root if root is not None else self.default_root)
         self.subsets = list(subsets) if subsets is not None else list(self.default_subsets)
         self.val_fraction = val_fraction
@@ -244,25 +250,9 @@ class TripletFoldersDataModule(HarmonyDataModule):
         mask_suffix: str = "",
         subset: str = "images",
         val_fraction: float = 0.01,
-        image_size: int = 256,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        eval_size: int = 256,
-        augment: bool = True,
-        min_foreground: float = 0.01,
-        scene_color_jitter: float = 0.0,
-        eval_image_size: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            image_size,
-            batch_size,
-            num_workers,
-            eval_size,
-            augment,
-            min_foreground,
-            scene_color_jitter,
-            eval_image_size,
-        )
+        super().__init__(**kwargs)
         self.root = Path(root)
         self.composite_dir = composite_dir
         self.mask_dir = mask_dir
@@ -309,7 +299,10 @@ class RealHMDataModule(TripletFoldersDataModule):
     """RealHM (216 expert-harmonized real composites; evaluation only).
 
     Its public layout is undocumented; the folder names are configurable. Defaults:
-    ``<root>/{composite,mask,target}`` matched by stem.
+    ``<root>/{composite,mask,target}`` matched by stem. Results are reported under subset ``RealHM``.
+    Being evaluation-only, it fixes the training options (no augmentation, no validation hold-out) and
+    sees its images at ``image_size``, so of the shared options it takes only ``image_size``,
+    ``batch_size``, ``num_workers`` and ``eval_size``.
 
     Args:
         root: The data set root.
@@ -327,24 +320,21 @@ class RealHMDataModule(TripletFoldersDataModule):
         mask_dir: str = "mask",
         target_dir: str = "target",
         mask_suffix: str = "",
-        image_size: int = 256,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        eval_size: int = 256,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
-            root,
-            composite_dir,
-            mask_dir,
-            target_dir,
-            mask_suffix,
-            "RealHM",
-            0.0,
-            image_size,
-            batch_size,
-            num_workers,
-            eval_size,
+            root=root,
+            composite_dir=composite_dir,
+            mask_dir=mask_dir,
+            target_dir=target_dir,
+            mask_suffix=mask_suffix,
+            subset="RealHM",
+            val_fraction=0.0,
             augment=False,
+            min_foreground=0.0,
+            scene_color_jitter=0.0,
+            eval_image_size=None,
+            **kwargs,
         )
 
     def list_records(self, split: Split) -> list[TripletRecord]:
@@ -358,6 +348,9 @@ class RealHMDataModule(TripletFoldersDataModule):
 
 class FolderDataModule(HarmonyDataModule):
     """Your own composites and masks, without ground truth, for ``harmony predict``.
+
+    Prediction neither trains nor scores, so of the shared options it takes only those prediction uses
+    (``image_size``, ``batch_size``, ``num_workers``) and builds no training augmentation.
 
     Args:
         composites: Folder of composites.
@@ -377,7 +370,7 @@ class FolderDataModule(HarmonyDataModule):
         batch_size: int = 1,
         num_workers: int = 0,
     ) -> None:
-        super().__init__(image_size, batch_size, num_workers, augment=False)
+        super().__init__(image_size=image_size, batch_size=batch_size, num_workers=num_workers, augment=False)
         self.composites = Path(composites)
         self.masks = Path(masks)
         self.mask_suffix = mask_suffix

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from harmony.data import types as keys
-from harmony.data.io import binarize, check_same_size, read_mask, read_rgb
+from harmony.data.io import binarize, check_same_size, read_mask, read_rgb, to_chw_tensor
 from harmony.data.records import TripletRecord
 from harmony.metrics.protocol import PROTOCOLS, resize_image, resize_mask
 
@@ -22,10 +22,6 @@ PairedTransform = Callable[
 def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
     """Resize to ``size×size`` exactly as the default evaluation protocol resizes files."""
     return resize_image(image, size, PROTOCOLS["iharmony4"].resample)
-
-
-def _chw(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)
 
 
 class TripletDataset(Dataset):
@@ -81,8 +77,8 @@ class TripletDataset(Dataset):
             keys.ORIGINAL_SIZE: torch.tensor(composite.shape[:2]),
         }
         if self.eval_size is not None and target is not None:
-            sample[keys.EVAL_COMPOSITE] = _chw(resize_rgb(composite, self.eval_size))
-            sample[keys.EVAL_TARGET] = _chw(resize_rgb(target, self.eval_size))
+            sample[keys.EVAL_COMPOSITE] = to_chw_tensor(resize_rgb(composite, self.eval_size))
+            sample[keys.EVAL_TARGET] = to_chw_tensor(resize_rgb(target, self.eval_size))
             sample[keys.EVAL_MASK] = torch.from_numpy(resize_mask(mask, self.eval_size))[None]
         if self.transform is not None:
             composite, mask, target = self.transform(composite, mask, target)
@@ -91,8 +87,8 @@ class TripletDataset(Dataset):
             composite = resize_rgb(composite, self.image_size)
             target = None if target is None else resize_rgb(target, self.image_size)
             mask = resize_mask(mask, self.image_size)
-        sample[keys.COMPOSITE] = _chw(composite).float().div(255)
+        sample[keys.COMPOSITE] = to_chw_tensor(composite).float().div(255)
         sample[keys.MASK] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
         if target is not None:
-            sample[keys.TARGET] = _chw(target).float().div(255)
+            sample[keys.TARGET] = to_chw_tensor(target).float().div(255)
         return sample

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from harmony.errors import HarmonyInputError
@@ -154,6 +155,15 @@ def read_mask(path: str | Path) -> np.ndarray:
 def binarize(mask: np.ndarray) -> np.ndarray:
     """Threshold a soft mask in ``[0, 1]`` at 0.5 (127 on 0–255 is background, 128 foreground)."""
     return (mask >= 0.5).astype(np.float32)
+
+
+def to_chw_tensor(image: np.ndarray) -> torch.Tensor:
+    """An ``H×W×C`` image array as a ``C×H×W`` tensor of the same dtype, in memory of its own.
+
+    The array is copied, so views (flipped, cropped) and read-only arrays are fine and the tensor never
+    shares memory with them. Model inputs in ``[0, 1]`` are ``to_chw_tensor(image).float().div(255)``.
+    """
+    return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)
 
 
 def check_same_size(

@@ -19,6 +19,8 @@ Stream 1 retouch pairs, before/after photos retouched by an artist with a mask o
 
 Each pair gives two composites: foreground retouched ``M·O + (1−M)·I`` with target ``I``, and background
 retouched ``M·I + (1−M)·O`` with target ``O``.
+
+The inpainting, placement and blending these use are those of :mod:`harmony.data.composites`.
 """
 
 from __future__ import annotations
@@ -27,19 +29,28 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import cv2
 import numpy as np
 import torch
 from lightning.pytorch.utilities import CombinedLoader
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from harmony.data import types as keys
-from harmony.data.datamodules import HarmonyDataModule, Split, TripletFoldersDataModule, seed_worker
+from harmony.data.composites import (
+    Inpainter,
+    LamaInpainter,
+    OpenCVInpainter,
+    blend,
+    bounding_box,
+    dilate,
+    fit_into_box,
+)
+from harmony.data.datamodules import HarmonyDataModule, Split, TripletFoldersDataModule
 from harmony.data.datasets import TripletDataset
-from harmony.data.io import binarize, check_same_size, read_mask, read_rgb, save_rgb
+from harmony.data.io import binarize, check_same_size, read_mask, read_rgb, save_rgb, to_chw_tensor
 from harmony.data.records import TripletRecord, list_matched_folders
 from harmony.data.types import BACKGROUND, REAL
 from harmony.errors import HarmonyInputError
@@ -52,125 +63,6 @@ UNSUPERVISED: Final = "unsupervised"
 REAL_COMPOSITES_SUBSET: Final = "real-composites"
 RETOUCHED_FOREGROUND: Final = "retouch-fg"
 RETOUCHED_BACKGROUND: Final = "retouch-bg"
-
-
-class Inpainter(Protocol):
-    """Fills the masked pixels of an image."""
-
-    cache_key: str
-
-    def __call__(self, image: np.ndarray, hole: np.ndarray) -> np.ndarray:
-        """Inpaint ``image`` (``H×W×3`` ``uint8``) where ``hole`` (``H×W`` bool) is set."""
-
-
-class OpenCVInpainter:
-    """OpenCV's fast-marching (Telea) or Navier-Stokes inpainting: no weights needed.
-
-    Args:
-        radius: Neighbourhood radius in pixels.
-        method: ``telea`` or ``ns``.
-    """
-
-    def __init__(self, radius: int = 5, method: str = "telea") -> None:
-        self.radius = radius
-        self.flag = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}[method]
-        self.cache_key = f"opencv-{method}-r{radius}"
-
-    def __call__(self, image: np.ndarray, hole: np.ndarray) -> np.ndarray:
-        """Inpaint ``image`` where ``hole`` is set."""
-        return cv2.inpaint(np.ascontiguousarray(image), hole.astype(np.uint8) * 255, self.radius, self.flag)
-
-
-class LamaInpainter:
-    """LaMa (Suvorov et al. 2022), the paper's inpainter, from a TorchScript export.
-
-    The model is called as ``model(image, mask)`` with ``1×3×H×W`` RGB in ``[0, 1]`` and a ``1×1×H×W``
-    mask (1 = hole), sides padded to multiples of 8, and returns ``1×3×H×W`` RGB in ``[0, 1]`` — the
-    interface of the widely shared ``big-lama.pt`` export. Loaded on first use.
-
-    Args:
-        model_path: The TorchScript file.
-        device: Where to run it.
-    """
-
-    def __init__(self, model_path: str | Path, device: str = "cpu") -> None:
-        self.model_path = Path(model_path)
-        if not self.model_path.is_file():
-            raise HarmonyInputError(self.model_path, "LaMa TorchScript model not found")
-        self.device = device
-        stat = self.model_path.stat()
-        self.cache_key = f"lama-{self.model_path.name}-{stat.st_size}-{stat.st_mtime_ns}"
-        self._model: torch.jit.ScriptModule | None = None
-
-    @torch.no_grad()
-    def __call__(self, image: np.ndarray, hole: np.ndarray) -> np.ndarray:
-        """Inpaint ``image`` where ``hole`` is set."""
-        if self._model is None:
-            self._model = torch.jit.load(str(self.model_path), map_location=self.device).eval()
-        height, width = hole.shape
-        pad_h, pad_w = -height % 8, -width % 8
-        padded_image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
-        padded_hole = np.pad(hole, ((0, pad_h), (0, pad_w)), mode="symmetric")
-        x = torch.from_numpy(padded_image).permute(2, 0, 1)[None].float().div(255).to(self.device)
-        m = torch.from_numpy(padded_hole.astype(np.float32))[None, None].to(self.device)
-        output = self._model(x, m)[0, :, :height, :width].permute(1, 2, 0).clamp(0, 1).mul(255).round()
-        filled = output.byte().cpu().numpy()
-        return np.where(hole[..., None], filled, image)
-
-
-def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
-    """Binary dilation of ``mask >= 0.5`` by a disc of radius ``pixels``."""
-    binary = (mask >= 0.5).astype(np.uint8)
-    if pixels <= 0:
-        return binary.astype(bool)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * pixels + 1, 2 * pixels + 1))
-    return cv2.dilate(binary, kernel).astype(bool)
-
-
-def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """``(x0, y0, x1, y1)`` (inclusive) of ``mask >= 0.5``, or ``None`` when it is empty."""
-    ys, xs = np.nonzero(mask >= 0.5)
-    if xs.size == 0:
-        return None
-    return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
-
-
-def fit_into_box(mask: np.ndarray, box: tuple[int, int, int, int], angle: float) -> np.ndarray:
-    """The ``2×3`` affine map placing an object as large as possible inside ``box``, rotated by ``angle``.
-
-    The object is rotated about its centre, then scaled and translated so that its rotated bounding
-    box is contained in ``box`` and centred in it.
-
-    Args:
-        mask: The object's ``H×W`` mask.
-        box: ``(x0, y0, x1, y1)`` to fit into.
-        angle: Counter-clockwise rotation in degrees.
-    """
-    ys, xs = np.nonzero(mask >= 0.5)
-    centre = ((xs.min() + xs.max()) / 2.0, (ys.min() + ys.max()) / 2.0)
-    rotation = cv2.getRotationMatrix2D(centre, angle, 1.0)
-    points = rotation @ np.stack([xs, ys, np.ones_like(xs)]).astype(np.float64)
-    low, high = points.min(axis=1), points.max(axis=1)
-    extent = high - low + 1.0
-    x0, y0, x1, y1 = box
-    scale = min((x1 - x0 + 1) / extent[0], (y1 - y0 + 1) / extent[1])
-    source_centre = (low + high) / 2.0
-    target_centre = np.array([(x0 + x1) / 2.0, (y0 + y1) / 2.0])
-    affine = np.empty((2, 3))
-    affine[:, :2] = scale * rotation[:, :2]
-    affine[:, 2] = scale * (rotation[:, 2] - source_centre) + target_centre
-    return affine
-
-
-def blend(foreground: np.ndarray, background: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``mask·foreground + (1 − mask)·background`` for ``uint8`` images and a soft mask, as ``uint8``."""
-    alpha = mask[..., None].astype(np.float32)
-    mixed = foreground.astype(np.float32) * alpha + background.astype(np.float32) * (1 - alpha)
-    return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
-
-
-def _chw(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1).div(255)
 
 
 def _file_signature(path: Path) -> list[Any]:
@@ -273,10 +165,10 @@ class RealCompositeDataset(Dataset):
         composite = blend(pasted_image, background, pasted_mask)  # Eq. 5
         real = blend(image_i, background, mask_i)  # Eq. 6
         return {
-            keys.COMPOSITE: _chw(composite),
+            keys.COMPOSITE: to_chw_tensor(composite).float().div(255),
             keys.MASK: torch.from_numpy(binarize(pasted_mask))[None],
-            BACKGROUND: _chw(background),
-            REAL: _chw(real),
+            BACKGROUND: to_chw_tensor(background).float().div(255),
+            REAL: to_chw_tensor(real).float().div(255),
             keys.NAME: f"{self.records[partner].name}_on_{self.records[index].name}",
             keys.SUBSET: REAL_COMPOSITES_SUBSET,
         }
@@ -329,23 +221,17 @@ class RetouchPairsDataModule(TripletFoldersDataModule):
     """Artist retouch pairs for the supervised stream (the paper's *Artist-Retouched* format).
 
     ``<root>/<split>/{before,after,masks}`` (or those folders directly under ``<root>``, with a
-    held-out validation part); see :mod:`harmony.data.real_composites`.
+    held-out validation part); see :mod:`harmony.data.real_composites`. The before photos take the
+    place of composites and the after photos that of targets; results are reported under subsets
+    ``retouch-fg`` and ``retouch-bg``.
 
     Args:
         root: The data set root.
         before_dir: Folder of unedited photos.
         after_dir: Folder of retouched photos.
-        mask_dir: Folder of object masks.
-        mask_suffix: Extra text after the stem in mask names.
-        val_fraction: Share of pairs held out for validation when there is no ``val`` folder.
         image_size: Side length the model sees.
-        batch_size: Samples per batch.
-        num_workers: DataLoader worker processes.
-        eval_size: Side length the evaluator scores at.
-        augment: Random-resized crop and flip for training.
-        min_foreground: Smallest foreground fraction a training crop may have.
-        scene_color_jitter: Strength of a random colour change of the whole training scene (0 = off).
-        eval_image_size: Side length of evaluation images, when it differs from ``image_size``.
+        **kwargs: See :class:`~harmony.data.datamodules.TripletFoldersDataModule` (``mask_dir``,
+            ``mask_suffix``, ``val_fraction``) and :class:`~harmony.data.datamodules.HarmonyDataModule`.
     """
 
     def __init__(
@@ -353,34 +239,16 @@ class RetouchPairsDataModule(TripletFoldersDataModule):
         root: str | Path,
         before_dir: str = "before",
         after_dir: str = "after",
-        mask_dir: str = "masks",
-        mask_suffix: str = "",
-        val_fraction: float = 0.01,
         image_size: int = 512,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        eval_size: int = 256,
-        augment: bool = True,
-        min_foreground: float = 0.01,
-        scene_color_jitter: float = 0.0,
-        eval_image_size: int | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
-            root,
-            before_dir,
-            mask_dir,
-            after_dir,
-            mask_suffix,
-            "retouch",
-            val_fraction,
-            image_size,
-            batch_size,
-            num_workers,
-            eval_size,
-            augment,
-            min_foreground,
-            scene_color_jitter,
-            eval_image_size,
+            root=root,
+            composite_dir=before_dir,
+            target_dir=after_dir,
+            subset="retouch",
+            image_size=image_size,
+            **kwargs,
         )
 
     def list_records(self, split: Split) -> list[TripletRecord]:
@@ -402,8 +270,9 @@ class DualStreamDataModule(HarmonyDataModule):
 
     Training batches are ``{"supervised": batch, "unsupervised": batch}`` (a
     :class:`~lightning.pytorch.utilities.CombinedLoader` cycling the shorter stream); validation, test
-    and prediction are the supervised DataModule's. The real-composite stream uses the supervised
-    DataModule's image size, batch size and workers.
+    and prediction are the supervised DataModule's. This DataModule takes every shared option
+    (:meth:`~harmony.data.datamodules.HarmonyDataModule.shared_options`) from the supervised one, so the
+    real-composite stream has its image size, batch size and workers.
 
     Args:
         supervised: The paired data (e.g. :class:`RetouchPairsDataModule`, iHarmony4).
@@ -427,16 +296,7 @@ class DualStreamDataModule(HarmonyDataModule):
         max_rotation: float = 10.0,
         cache_dir: str | Path | None = None,
     ) -> None:
-        super().__init__(
-            supervised.image_size,
-            supervised.batch_size,
-            supervised.num_workers,
-            supervised.eval_size,
-            supervised.augment,
-            supervised.min_foreground,
-            supervised.scene_color_jitter,
-            supervised.eval_image_size,
-        )
+        super().__init__(**supervised.shared_options())
         self.supervised = supervised
         self.real_composites = Path(real_composites)
         self.mask_suffix = mask_suffix
@@ -483,15 +343,7 @@ class DualStreamDataModule(HarmonyDataModule):
     def train_dataloader(self) -> CombinedLoader:
         """Both streams, one batch of each per step."""
         assert self.real_dataset is not None, "setup('fit') first"
-        real = DataLoader(
-            self.real_dataset,
-            batch_size=self.batch_size,
-            shuffle=True,
-            num_workers=self.num_workers,
-            drop_last=len(self.real_dataset) > self.batch_size,
-            persistent_workers=self.num_workers > 0,
-            worker_init_fn=seed_worker if self.num_workers > 0 else None,
-        )
+        real = self.make_dataloader(self.real_dataset, shuffle=True)
         return CombinedLoader(
             {SUPERVISED: self.supervised.train_dataloader(), UNSUPERVISED: real}, mode="max_size_cycle"
         )

@@ -5,7 +5,8 @@ crops many *real* images from the colour photographs shipped inside the scikit-i
 foreground mask per real image, and makes two *composites* per mask by changing the foreground's
 appearance the way iHarmony4 composites were made: mostly global per-channel colour transforms (Reinhard
 colour transfer in Lab, tone curves, colour adjustments, white balance) plus an optional mild
-low-frequency shading field. The background of every composite is bit-identical to its real image.
+low-frequency shading field (the edits of :mod:`harmony.data.composites.appearance`). The background
+of every composite is bit-identical to its real image.
 
 Layout (PNG everywhere, so there is no compression noise)::
 
@@ -27,7 +28,6 @@ import os
 import shutil
 import sys
 import tempfile
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -38,6 +38,13 @@ from scipy import ndimage
 from skimage import color, data, filters
 from tqdm import tqdm
 
+from harmony.data.composites import (
+    random_color_adjustment,
+    random_reinhard_transfer,
+    random_shading,
+    random_tone_curves,
+    random_white_balance,
+)
 from harmony.errors import HarmonyInputError
 
 GENERATOR_VERSION: Final = 2
@@ -90,11 +97,11 @@ _FMSE_FLOOR: Final = 100.0
 _FMSE_CAP: Final = 5000.0
 _PERTURBATION_TRIES: Final = 8
 
-_RGB_TO_YIQ: Final = np.array(
-    [[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]],
-    dtype=np.float32,
-)
-_YIQ_TO_RGB: Final = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
+_GLOBAL_OPS: Final[dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]]] = {
+    "curves": random_tone_curves,
+    "color": random_color_adjustment,
+    "white_balance": random_white_balance,
+}
 
 
 def generate_synthetic_harmony(
@@ -446,12 +453,12 @@ def _perturbed(
         pixels = original / 255.0
         for op in ops:
             pixels = (
-                _reinhard(pixels, _reference_pixels(reference_photo, rng), rng)
+                random_reinhard_transfer(pixels, _reference_pixels(reference_photo, rng), rng)
                 if op == "reinhard"
                 else _GLOBAL_OPS[op](pixels, rng)
             )
         if rng.random() < _SHADING_PROBABILITY:
-            pixels = _shade(pixels, mask, rng)
+            pixels = random_shading(pixels, mask, rng)
             ops.append("shading")
         changed = np.clip(pixels * 255.0, 0.0, 255.0)
         fmse = float(np.mean((changed - original) ** 2))
@@ -478,95 +485,3 @@ def _reference_pixels(name: str, rng: np.random.Generator) -> np.ndarray:
     step = max(1, side // 64)
     region = photo[top : top + side : step, left : left + side : step]
     return region.reshape(-1, 3).astype(np.float32) / 255.0
-
-
-def _reinhard(pixels: np.ndarray, reference: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    source_lab, reference_lab = color.rgb2lab(pixels[None])[0], color.rgb2lab(reference[None])[0]
-    source_mean, source_std = source_lab.mean(axis=0), source_lab.std(axis=0) + 1e-3
-    reference_mean, reference_std = reference_lab.mean(axis=0), reference_lab.std(axis=0) + 1e-3
-    # Partial transfer (strength < 1) keeps most composites plausible rather than a full colour swap.
-    strength = rng.uniform(0.3, 0.9)
-    ratio = np.clip(reference_std / source_std, 0.6, 1.6) ** strength
-    mean = source_mean + strength * (reference_mean - source_mean)
-    lab = (source_lab - source_mean) * ratio + mean
-    lab[:, 0] = np.clip(lab[:, 0], 0.0, 100.0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # out-of-gamut Lab is clipped by lab2rgb, which is what we want
-        return np.clip(color.lab2rgb(lab[None])[0], 0.0, 1.0).astype(np.float32)
-
-
-def _monotone_curve(rng: np.random.Generator, knots: int) -> np.ndarray:
-    steps = rng.dirichlet(np.full(knots - 1, 3.0))
-    return np.concatenate([[0.0], np.cumsum(steps)])
-
-
-def _tone_curves(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    knots = np.linspace(0.0, 1.0, 9)
-    shared = _monotone_curve(rng, len(knots))
-    gamma = math.exp(rng.uniform(-0.45, 0.45))
-    black, white = rng.uniform(0.0, 0.08), rng.uniform(0.9, 1.0)
-    # Either compress the tonal range (faded) or stretch it (punchy), so no direction is a giveaway.
-    compress = rng.random() < 0.5
-    out = np.empty_like(pixels)
-    for channel in range(3):
-        # A shared curve plus a per-channel one: a tone change with a colour cast, both monotone.
-        own = rng.uniform(0.0, 0.6)
-        curve = (1 - own) * shared + own * _monotone_curve(rng, len(knots))
-        curve = knots + rng.uniform(0.3, 0.8) * (curve - knots)
-        curve = curve**gamma
-        curve = black + (white - black) * curve if compress else (curve - black) / (white - black)
-        out[:, channel] = np.interp(pixels[:, channel], knots, curve)
-    return np.clip(out, 0.0, 1.0)
-
-
-def _color_adjust(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    yiq = pixels @ _RGB_TO_YIQ.T
-    applied = rng.random(4) < 0.6
-    if not applied.any():
-        applied[rng.integers(4)] = True
-    brightness, contrast, saturation, hue = applied
-    if brightness:
-        yiq[:, 0] *= math.exp(rng.uniform(-0.35, 0.3))
-    if contrast:
-        luma = yiq[:, 0]
-        yiq[:, 0] = luma.mean() + math.exp(rng.uniform(-0.35, 0.35)) * (luma - luma.mean())
-    if saturation:
-        yiq[:, 1:] *= math.exp(rng.uniform(-0.7, 0.5))
-    if hue:
-        angle = rng.uniform(-0.45, 0.45)
-        cos, sin = math.cos(angle), math.sin(angle)
-        yiq[:, 1:] = yiq[:, 1:] @ np.array([[cos, sin], [-sin, cos]], dtype=np.float32)
-    return np.clip(yiq @ _YIQ_TO_RGB.T, 0.0, 1.0)
-
-
-def _white_balance(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    temperature, tint = rng.uniform(-0.3, 0.3), rng.uniform(-0.12, 0.12)
-    exposure = rng.uniform(-0.3, 0.25)
-    gains = np.exp(np.array([temperature, tint, -temperature]) + exposure).astype(np.float32)
-    return np.clip(pixels * gains, 0.0, 1.0)
-
-
-_GLOBAL_OPS: Final[dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]]] = {
-    "curves": _tone_curves,
-    "color": _color_adjust,
-    "white_balance": _white_balance,
-}
-
-
-def _shade(pixels: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
-    if rng.random() < 0.5:
-        angle = rng.uniform(0, 2 * np.pi)
-        field = (
-            math.cos(angle) * np.linspace(-1, 1, width)[None, :]
-            + math.sin(angle) * np.linspace(-1, 1, height)[:, None]
-        )
-    else:
-        grid = rng.uniform(-1, 1, (3, 3)).astype(np.float32)
-        field = cv2.resize(grid, (int(width), int(height)), interpolation=cv2.INTER_CUBIC)
-    field = field / max(float(np.abs(field).max()), 1e-6)
-    # A low-frequency multiplicative light change in [0.7, 1.3] at most.
-    gain = 1.0 + rng.uniform(0.1, 0.3) * field
-    inside = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    return np.clip(pixels * gain[inside][:, None].astype(np.float32), 0.0, 1.0)

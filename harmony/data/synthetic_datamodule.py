@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from harmony.data.datamodules import IHarmony4DataModule
 
@@ -12,7 +13,9 @@ class SyntheticHarmonyDataModule(IHarmony4DataModule):
 
     The tree is generated once, deterministically from ``seed``, into ``root`` in the iHarmony4 layout
     (subset ``HSynthetic``, with ``IHD_{train,val,test}.txt``; splits disjoint by source photo), then
-    read like iHarmony4. See :func:`harmony.data.synthetic.generate_synthetic_harmony`.
+    read like iHarmony4 with its own validation split. See
+    :func:`harmony.data.synthetic.generate_synthetic_harmony`. The training data come from six photos
+    only: ``scene_color_jitter`` stops a model memorising their colours.
 
     Args:
         root: Where the generated tree lives (regenerated when the arguments change).
@@ -21,14 +24,7 @@ class SyntheticHarmonyDataModule(IHarmony4DataModule):
         num_val: Validation composites.
         num_test: Test composites.
         source_size: Side length of the generated files.
-        image_size: Side length the model sees.
-        batch_size: Samples per batch.
-        num_workers: DataLoader worker processes.
-        eval_size: Side length the evaluator scores at.
-        augment: Random-resized crop and flip for training.
-        scene_color_jitter: Strength in [0, 1] of a random colour change of the whole training scene,
-            composite and real alike; it stops a model memorising the few source photos (0 = off).
-        eval_image_size: Side length of evaluation images, when it differs from ``image_size``.
+        **kwargs: See :class:`~harmony.data.datamodules.HarmonyDataModule`.
     """
 
     def __init__(
@@ -39,26 +35,9 @@ class SyntheticHarmonyDataModule(IHarmony4DataModule):
         num_val: int = 48,
         num_test: int = 96,
         source_size: int = 256,
-        image_size: int = 256,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        eval_size: int = 256,
-        augment: bool = True,
-        scene_color_jitter: float = 0.0,
-        eval_image_size: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root,
-            ["HSynthetic"],
-            0.0,
-            image_size,
-            batch_size,
-            num_workers,
-            eval_size,
-            augment,
-            scene_color_jitter=scene_color_jitter,
-            eval_image_size=eval_image_size,
-        )
+        super().__init__(root=root, subsets=["HSynthetic"], val_fraction=0.0, **kwargs)
         self.seed = seed
         self.counts = (num_train, num_val, num_test)
         self.source_size = source_size

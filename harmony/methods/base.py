@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 
 from harmony.data import types as keys
+from harmony.data.composites import blend, paste_background  # noqa: F401  (re-exported until the methods import it)
 from harmony.data.io import read_mask, read_rgb, save_rgb
 from harmony.metrics import HarmonizationEvaluator, format_results_table, results_to_json
 
@@ -70,14 +71,7 @@ def blend_full_resolution(prediction: np.ndarray, composite: np.ndarray, mask: n
     if prediction.shape[:2] != (height, width):
         prediction = np.asarray(Image.fromarray(prediction).resize((width, height), Image.BILINEAR))
     alpha = mask[..., None].astype(np.float32)
-    blended = prediction.astype(np.float32) * alpha + composite.astype(np.float32) * (1 - alpha)
-    output = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
-    return np.where(alpha > 0, output, composite)
-
-
-def paste_background(prediction: torch.Tensor, composite: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Keep ``prediction`` inside ``mask`` and the composite elsewhere (soft masks blend)."""
-    return prediction * mask + composite * (1 - mask)
+    return np.where(alpha > 0, blend(prediction, composite, mask), composite)
 
 
 class HarmonizationModule(LightningModule, ABC):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import kornia.color
+from abc import abstractmethod
+
 import numpy as np
 import torch
 from skimage.exposure import match_histograms
 
 from harmony.data import types as keys
-from harmony.methods.base import Batch, HarmonizationModule, paste_background
+from harmony.data.composites import reinhard_transfer
+from harmony.methods.base import Batch, HarmonizationModule
 
 
 class Composite(HarmonizationModule):
@@ -25,8 +27,13 @@ class Composite(HarmonizationModule):
         return batch[keys.COMPOSITE]
 
 
-class ReinhardLabTransfer(HarmonizationModule):
-    """Reinhard et al. (2001) colour transfer: match the foreground's Lab mean and std to the background's.
+class ForegroundTransfer(HarmonizationModule):
+    """Base of the baselines that recompute each image's foreground from that image's background.
+
+    :meth:`harmonize` hands each image's foreground pixels (``mask >= 0.5``) and background pixels to
+    :meth:`transfer` and puts its result, clipped to ``[0, 1]``, in place of the foreground; every
+    background pixel is kept. An image with no foreground or no background pixels has nothing to match
+    and is returned unchanged.
 
     Args:
         compute_lpips: Also report LPIPS at test time.
@@ -34,39 +41,20 @@ class ReinhardLabTransfer(HarmonizationModule):
         inference_size: Working size for ``harmony harmonize``.
     """
 
-    def harmonize(self, batch: Batch) -> torch.Tensor:
-        """Shift and scale each Lab channel of the foreground to the background's statistics."""
-        composite, mask = batch[keys.COMPOSITE].float(), batch[keys.MASK].float()
-        lab = kornia.color.rgb_to_lab(composite)
-        foreground, background = (mask >= 0.5).float(), (mask < 0.5).float()
-        n_fg = foreground.sum(dim=(2, 3), keepdim=True)
-        n_bg = background.sum(dim=(2, 3), keepdim=True)
+    @abstractmethod
+    def transfer(self, foreground: np.ndarray, background: np.ndarray) -> np.ndarray:
+        """New foreground pixels matched to the background pixels.
 
-        def stats(weights: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            mean = (lab * weights).sum(dim=(2, 3), keepdim=True) / count.clamp_min(1)
-            var = ((lab - mean) ** 2 * weights).sum(dim=(2, 3), keepdim=True) / count.clamp_min(1)
-            return mean, var.sqrt()
+        Args:
+            foreground: ``N×3`` ``float32`` RGB in ``[0, 1]``: one image's foreground pixels.
+            background: ``M×3`` ``float32`` RGB in ``[0, 1]``: the same image's background pixels.
 
-        fg_mean, fg_std = stats(foreground, n_fg)
-        bg_mean, bg_std = stats(background, n_bg)
-        transferred = (lab - fg_mean) * (bg_std / fg_std.clamp_min(1e-3)) + bg_mean
-        rgb = kornia.color.lab_to_rgb(transferred, clip=True)
-        # With no foreground or no background there is nothing to match: keep the input.
-        valid = ((n_fg > 0) & (n_bg > 0)).float()
-        return paste_background(rgb * valid + composite * (1 - valid), composite, foreground)
-
-
-class HistogramMatching(HarmonizationModule):
-    """Per-channel RGB histogram matching of the foreground to the background (scikit-image).
-
-    Args:
-        compute_lpips: Also report LPIPS at test time.
-        predictions_dir: Where ``harmony predict`` writes ``<name>.png`` files.
-        inference_size: Working size for ``harmony harmonize``.
-    """
+        Returns:
+            ``N×3`` RGB pixels.
+        """
 
     def harmonize(self, batch: Batch) -> torch.Tensor:
-        """Map each foreground channel's CDF onto the background's."""
+        """Replace each image's foreground by :meth:`transfer` of its foreground and background pixels."""
         composite, mask = batch[keys.COMPOSITE].float(), batch[keys.MASK] >= 0.5
         output = composite.clone()
         for index in range(composite.shape[0]):
@@ -74,8 +62,27 @@ class HistogramMatching(HarmonizationModule):
             region = mask[index, 0].cpu().numpy()
             if region.all() or not region.any():
                 continue
-            matched = match_histograms(image[region][:, None], image[~region][:, None], channel_axis=-1)
             result = image.copy()
-            result[region] = matched[:, 0]
+            result[region] = self.transfer(image[region], image[~region])
             output[index] = torch.from_numpy(np.clip(result, 0, 1)).permute(2, 0, 1).to(composite)
         return output
+
+
+class ReinhardLabTransfer(ForegroundTransfer):
+    """Reinhard et al. (2001) colour transfer: match the foreground's Lab mean and std to the background's.
+
+    Each image's foreground pixels get the background pixels' per-channel CIELAB mean and standard
+    deviation (:func:`~harmony.data.composites.reinhard_transfer` at full strength).
+    """
+
+    def transfer(self, foreground: np.ndarray, background: np.ndarray) -> np.ndarray:
+        """Shift and scale each Lab channel of the foreground to the background's statistics."""
+        return reinhard_transfer(foreground, background)
+
+
+class HistogramMatching(ForegroundTransfer):
+    """Per-channel RGB histogram matching of the foreground to the background (scikit-image)."""
+
+    def transfer(self, foreground: np.ndarray, background: np.ndarray) -> np.ndarray:
+        """Map each foreground channel's CDF onto the background's."""
+        return match_histograms(foreground[:, None], background[:, None], channel_axis=-1)[:, 0]
