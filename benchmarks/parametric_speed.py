@@ -30,8 +30,12 @@ from PIL import Image
 from harmony.commands.harmonize import load_method, read_inputs
 from harmony.commands.summary import build_model
 from harmony.data.io import save_rgb
-from harmony.methods.semi_supervised_parametric import SemiSupervisedParametric
-from harmony.nn import CurvePredictor, ResNetEncoder, ShadingUNet
+from harmony.methods.semi_supervised_parametric import (
+    CurvePredictor,
+    ResNetEncoder,
+    SemiSupervisedParametric,
+    ShadingUNet,
+)
 
 
 def paper_model() -> SemiSupervisedParametric:

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from harmony.cli import main, make_cli
 from harmony.data import types as keys
+from harmony.data.composites import OpenCVInpainter, bounding_box, dilate
 from harmony.data.real_composites import (
     BACKGROUND,
     REAL,
@@ -22,16 +23,18 @@ from harmony.data.real_composites import (
     RETOUCHED_FOREGROUND,
     SUPERVISED,
     UNSUPERVISED,
-    OpenCVInpainter,
     RealCompositeDataset,
     RetouchPairsDataset,
-    bounding_box,
-    dilate,
 )
 from harmony.data.records import TripletRecord, list_matched_folders
-from harmony.methods.semi_supervised_parametric import SemiSupervisedParametric
-from harmony.nn import ConvEncoder, CurvePredictor, ShadingUNet, UNetDiscriminatorSN
-from harmony.nn.curves import apply_curves, curves_to_cube
+from harmony.methods.semi_supervised_parametric import (
+    ConvEncoder,
+    CurvePredictor,
+    SemiSupervisedParametric,
+    ShadingUNet,
+    UNetDiscriminatorSN,
+)
+from harmony.methods.semi_supervised_parametric.rgb_curves import apply_curves, curves_to_cube
 from tests.conftest import REPO_ROOT
 
 CONFIGS = REPO_ROOT / "tests" / "configs"

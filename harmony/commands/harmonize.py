@@ -36,7 +36,11 @@ from harmony.data.io import (
 from harmony.data.records import list_matched_folders
 from harmony.errors import HarmonyInputError
 from harmony.methods.base import HarmonizationModule
-from harmony.nn.curves import curves_to_cube, curves_to_json, lut_size_is_exact
+from harmony.methods.semi_supervised_parametric.rgb_curves import (
+    curves_to_cube,
+    curves_to_json,
+    lut_size_is_exact,
+)
 
 
 @dataclass

@@ -1,13 +1,8 @@
-"""Paper-agnostic network building blocks."""
+"""Network building blocks shared by the methods."""
 
-from harmony.nn.backbones import ConvEncoder as ConvEncoder
-from harmony.nn.backbones import ResNetEncoder as ResNetEncoder
-from harmony.nn.curves import CurvePredictor as CurvePredictor
-from harmony.nn.discriminators import UNetDiscriminatorSN as UNetDiscriminatorSN
 from harmony.nn.harmony_vae import HarmonyVAEModel as HarmonyVAEModel
 from harmony.nn.latent import NullTextEmbedding as NullTextEmbedding
 from harmony.nn.latent import build_noise_scheduler as build_noise_scheduler
 from harmony.nn.latent import build_unet as build_unet
 from harmony.nn.latent import build_vae as build_vae
 from harmony.nn.refinement import RefinementUNet as RefinementUNet
-from harmony.nn.shading import ShadingUNet as ShadingUNet

@@ -69,7 +69,6 @@ class ShadingUNet(nn.Module):
         min_gain: float = 0.5,
         initial_gain: float = 0.95,
     ) -> None:
-        super().__init__()
         levels = len(channel_multipliers)
         map_level = int(math.log2(map_downsampling))
         if 2**map_level != map_downsampling or not 0 <= map_level < levels:
@@ -78,6 +77,7 @@ class ShadingUNet(nn.Module):
             )
         if not 0.0 <= min_gain < initial_gain < 1.0:
             raise ValueError("need 0 <= min_gain < initial_gain < 1")
+        super().__init__()
         self.in_channels = in_channels
         self.map_downsampling = map_downsampling
         self.min_gain = min_gain

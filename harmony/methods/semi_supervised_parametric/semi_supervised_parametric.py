@@ -19,9 +19,10 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from harmony.data import types as keys
+from harmony.data.composites import paste_background
 from harmony.data.real_composites import BACKGROUND, REAL, SUPERVISED, UNSUPERVISED
-from harmony.methods.base import Batch, HarmonizationModule, paste_background, save_config_hyperparameters
-from harmony.nn.curves import apply_curves, curves_to_uint8_table
+from harmony.methods.base import Batch, HarmonizationModule, save_config_hyperparameters
+from harmony.methods.semi_supervised_parametric.rgb_curves import apply_curves, curves_to_uint8_table
 
 
 @dataclass
@@ -73,12 +74,12 @@ class SemiSupervisedParametric(HarmonizationModule):
     Args:
         curve_predictor: Predicts the ``B×3×K`` curves from the low-resolution stack
             ``[C, B, M]`` (7 channels) or ``[C, M]`` (4 channels); e.g.
-            :class:`~harmony.nn.curves.CurvePredictor` over a ResNet-50.
+            :class:`.CurvePredictor` over a ResNet-50.
         shading_net: Predicts the shading gain from ``[C, B, M, t1(C)]`` (10 channels) or
-            ``[C, M, t1(C)]`` (7); e.g. :class:`~harmony.nn.shading.ShadingUNet`. ``None`` gives the
+            ``[C, M, t1(C)]`` (7); e.g. :class:`.ShadingUNet`. ``None`` gives the
             curves-only ablation of Table 4.
         discriminator: Per-pixel real/fake logits of a 3-channel image, e.g.
-            :class:`~harmony.nn.discriminators.UNetDiscriminatorSN`. ``None`` trains with the L1 loss
+            :class:`.UNetDiscriminatorSN`. ``None`` trains with the L1 loss
             alone (the paper's iHarmony4 setting; the unsupervised stream then cannot be used).
         generator_optimizer: Optimizer of the curve predictor and shading net (paper: Adam, lr 4e-5).
         discriminator_optimizer: Optimizer of the discriminator (paper: Adam, lr 4e-5).

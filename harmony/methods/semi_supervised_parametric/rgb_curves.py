@@ -114,7 +114,7 @@ class CurvePredictor(nn.Module):
 
     Args:
         encoder: Maps ``B×C×H×W`` inputs to ``B×F`` features and exposes ``out_features`` (``F``),
-            e.g. :class:`~harmony.nn.backbones.ResNetEncoder` (ResNet-50 in the paper).
+            e.g. :class:`.ResNetEncoder` (ResNet-50 in the paper).
         num_knots: Control points per curve (32 in the paper).
     """
 
