@@ -16,9 +16,8 @@ from PIL import Image
 from harmony.cli import HarmonyCLI, main, make_cli
 from harmony.data import SyntheticHarmonyDataModule
 from harmony.data.records import list_iharmony4
-from harmony.methods.diffharmony import DiffHarmony, DiffHarmonyPlusPlus, HarmonyVAE
-from harmony.nn.harmony_vae import HarmonyVAEModel
-from harmony.nn.latent import build_vae
+from harmony.methods.diffharmony import DiffHarmony, DiffHarmonyPlusPlus, HarmonyVAE, HarmonyVAEModel
+from harmony.nn.latent import build_noise_scheduler, build_unet, build_vae
 from tests.conftest import REPO_ROOT
 from tests.test_latent import make_tiny_pipeline
 
@@ -73,6 +72,49 @@ def test_fit_test_predict_with_several_samples(iharmony4_root: Path, tmp_path: P
             np.testing.assert_array_equal(output[background], composite[background])
         assert not np.array_equal(outputs[0], outputs[1])  # two seeds, two harmonizations
     assert not (tmp_path / "pretrained").exists()  # nothing exported under fast_dev_run
+
+
+def test_sampling_equals_the_diffusers_inpainting_pipeline() -> None:
+    """An independent reference: diffusers' own StableDiffusionInpaintPipeline on the same components.
+
+    With the same UNet, VAE, sampler and per-image generators, the empty-prompt embedding, the
+    composite's latents as ``masked_image_latents`` and guidance scale 1, the pipeline's 5-step output
+    (background pasted from the composite) is DiffHarmony's.
+    """
+    from diffusers import StableDiffusionInpaintPipeline
+
+    from harmony.nn.latent import encode_images, seeded_generators
+
+    torch.manual_seed(0)
+    model = DiffHarmony(
+        build_unet("tiny_inpainting"),
+        build_vae("tiny_inpainting"),
+        build_noise_scheduler("tiny_inpainting"),
+        num_inference_steps=5,
+        inference_size=32,
+    ).eval()
+    torch.nn.init.normal_(model.null_text.embedding)  # a non-trivial "empty prompt"
+    composite = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[:, :, 6:22, 4:28] = 1
+    ours = model.harmonize({"composite": composite, "mask": mask})
+
+    pipeline = StableDiffusionInpaintPipeline(
+        vae=model.vae, text_encoder=None, tokenizer=None, unet=model.unet, scheduler=model.sampler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipeline.set_progress_bar_config(disable=True)
+    generators = seeded_generators(0, 2)
+    # DiffHarmony draws the composite's posterior sample first, from the same generators.
+    latents = encode_images(model.vae, composite, generators)
+    images = pipeline(
+        prompt_embeds=model.null_text(2), image=composite, mask_image=mask, masked_image_latents=latents,
+        height=32, width=32, num_inference_steps=5, guidance_scale=1.0, generator=generators,
+        output_type="pt",
+    ).images  # fmt: skip
+    reference = images * mask + composite * (1 - mask)
+    assert torch.allclose(ours, reference, atol=1e-6)
+    assert not torch.allclose(ours, composite)  # the foreground was generated, not copied
 
 
 def test_checkpoint_evaluates_with_ema_and_exports_the_unet(trained: Path) -> None:

@@ -1,7 +1,13 @@
-"""``harmony summary``: the parameter counts of the model a config describes.
+"""``harmony summary``: the parameter counts of the model a config describes, or of one component.
 
 The model is built with random weights: nothing is downloaded and no data is read (methods load
-pretrained weights only when training or inference starts).
+pretrained weights only when training or inference starts). A single component (a class or builder
+function returning a module, with its arguments) is built on the ``meta`` device, so even a paper-sized
+one is counted in a moment::
+
+    harmony summary --config experiments/diffharmony.yaml
+    harmony summary --component harmony.nn.latent.build_controlnet --component.conditioning_channels 7
+    harmony summary --component harmony.nn.latent.build_unet --component.config sd15_text_to_image
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from harmony.errors import HarmonyInputError
@@ -38,6 +45,21 @@ def build_model(configs: list[str], overrides: list[str]) -> nn.Module:
     return make_cli(args + overrides, run=False).model
 
 
+def build_component(argv: list[str]) -> nn.Module:
+    """Instantiate ``--component <import path> [--component.<argument> <value> …]`` on the meta device."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="harmony summary", exit_on_error=False)
+    parser.add_argument("--component", type=nn.Module, required=True, help="a module class or builder")
+    try:
+        config = parser.parse_args(argv)
+    except Exception as error:  # jsonargparse reports a bad path or argument as a generic error
+        reason = " ".join(str(error).split())
+        raise HarmonyInputError(None, f"cannot build the component: {reason}") from None
+    with torch.device("meta"):
+        return parser.instantiate(config).component
+
+
 def _millions(count: int) -> str:
     return f"{count / 1e6:,.2f}M"
 
@@ -45,20 +67,35 @@ def _millions(count: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Print the parameter counts of a config's model (a table, or JSON with ``--json``)."""
     parser = argparse.ArgumentParser(prog="harmony summary", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", action="append", required=True, help="a LightningCLI config (repeatable)")
+    parser.add_argument("--config", action="append", help="a LightningCLI config (repeatable)")
     parser.add_argument(
         "--json", action="store_true", help='print {"total", "trainable", "children"} as JSON'
     )
     parser.add_argument(
         "overrides", nargs="*", help="extra LightningCLI arguments, e.g. --model.init_args.x=1"
     )
-    args, unknown = parser.parse_known_args(argv)
-    model = build_model(args.config, args.overrides + unknown)
+    parser.add_argument(
+        "--component",
+        help="instead of a config: a module class or builder function by import path, its arguments "
+        "as --component.<name> <value> "
+        "(e.g. harmony.nn.latent.build_controlnet --component.conditioning_channels 7)",
+    )
+    argv = list(argv if argv is not None else [])
+    if any(arg.split("=")[0] == "--component" for arg in argv):
+        # The component's own arguments are jsonargparse's to parse, in their given order.
+        as_json = "--json" in argv
+        model, source = build_component([a for a in argv if a != "--json"]), "random weights, meta device"
+    else:
+        args, unknown = parser.parse_known_args(argv)
+        if not args.config:
+            raise HarmonyInputError(None, "give --config <file> or --component <import path>")
+        as_json = args.json
+        model, source = build_model(args.config, args.overrides + unknown), ", ".join(args.config)
     counts = count_parameters(model)
-    if args.json:
+    if as_json:
         print(json.dumps(counts, indent=2))
         return 0
-    print(f"{type(model).__name__} ({', '.join(args.config)})")
+    print(f"{type(model).__name__} ({source})")
     for name, count in counts["children"].items():  # type: ignore[union-attr]
         print(f"  {name:<28} {count:>15,}  {_millions(count):>10}")
     print(f"  {'total':<28} {counts['total']:>15,}  {_millions(counts['total']):>10}")  # type: ignore[arg-type]

@@ -1,8 +1,12 @@
-"""LightningModules: one per paper, plus the training-free baselines."""
+"""LightningModules: one package per paper, plus the training-free baselines.
+
+How a paper is added: see ``harmony/methods/README.md``.
+"""
 
 from harmony.methods.base import HarmonizationModule
 from harmony.methods.baselines import Composite, HistogramMatching, ReinhardLabTransfer
 from harmony.methods.diffharmony import DiffHarmony, DiffHarmonyPlusPlus, DiffHarmonyRefinement, HarmonyVAE
+from harmony.methods.latent_diffusion import LatentDiffusionModule
 from harmony.methods.semi_supervised_parametric import SemiSupervisedParametric
 
 __all__ = [
@@ -13,6 +17,7 @@ __all__ = [
     "HarmonizationModule",
     "HarmonyVAE",
     "HistogramMatching",
+    "LatentDiffusionModule",
     "ReinhardLabTransfer",
     "SemiSupervisedParametric",
 ]

@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 
 from harmony.data import types as keys
-from harmony.data.composites import blend, paste_background  # noqa: F401  (re-exported until the methods import it)
+from harmony.data.composites import blend
 from harmony.data.io import read_mask, read_rgb, save_rgb
 from harmony.metrics import HarmonizationEvaluator, format_results_table, results_to_json
 

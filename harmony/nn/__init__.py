@@ -1,8 +1,6 @@
-"""Network building blocks shared by the methods."""
+"""Network building blocks that two or more methods share.
 
-from harmony.nn.harmony_vae import HarmonyVAEModel as HarmonyVAEModel
-from harmony.nn.latent import NullTextEmbedding as NullTextEmbedding
-from harmony.nn.latent import build_noise_scheduler as build_noise_scheduler
-from harmony.nn.latent import build_unet as build_unet
-from harmony.nn.latent import build_vae as build_vae
-from harmony.nn.refinement import RefinementUNet as RefinementUNet
+A network only one paper uses lives in that paper's package under :mod:`harmony.methods`; it moves here
+when a second method needs it. Today: the latent-diffusion core (:mod:`harmony.nn.latent`), on which
+DiffHarmony, R2R and the classifier-guided LDM build.
+"""

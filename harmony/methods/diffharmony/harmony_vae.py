@@ -6,6 +6,9 @@ to the decoder's input through one more. Everything new starts at zero, so a fre
 exactly like the VAE it was made from; training then teaches the decoder to take back the pixel detail
 the latent lost from the composite.
 
+:class:`HarmonyVAEModel` is the network (a :class:`~harmony.nn.latent.LatentDecoder`);
+:class:`HarmonyVAE` is the LightningModule that trains it (paper Eq. 2).
+
 Feature routing (SD VAE, 4 blocks × 2 layers): the 12 encoder features (``conv_in`` output, each
 down-block resnet output, each downsampler output) are added after the 12 decoder resnets, last in
 first out, so each lands on the decoder feature of the same resolution; where the channel counts
@@ -15,13 +18,25 @@ differ the 1×1 conv maps them. The encoder's mid-block output is added after th
 from __future__ import annotations
 
 import inspect
+import math
+from pathlib import Path
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution, Encoder
 from diffusers.models.modeling_utils import ModelMixin
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
+
+from harmony.data import types as keys
+from harmony.errors import HarmonyInputError
+from harmony.methods.base import Batch, save_config_hyperparameters
+from harmony.methods.latent_diffusion import GenerationCondition, LatentDiffusionModule
+from harmony.nn.latent import Generators, load_pretrained_weights, resize_images
 
 
 def zero_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -267,3 +282,134 @@ class HarmonyVAEModel(ModelMixin, ConfigMixin):
         """
         z = self.vae.encode(images).latent_dist.sample(generator)
         return self.decode(z, composite, mask)
+
+
+class HarmonyVAE(LatentDiffusionModule):
+    """Training of DiffHarmony++'s Harmony-VAE (paper Sec. 3.2, Eq. 2).
+
+    The real image is encoded by the frozen VAE encoder (posterior sample) and decoded with the
+    composite and mask as condition; the loss compares it to the real image in pixel space.
+    Trainable: the conditional encoder, the zero convolutions and (``train_decoder``) the decoder.
+    At the end of ``fit`` the model (EMA weights) is exported to ``<log_dir>/pretrained/harmony_vae``
+    for :class:`DiffHarmonyPlusPlus`.
+
+    Evaluation scores that reconstruction (it needs the ground truth): it measures the decoding quality
+    DiffHarmony++ can reach, not a harmonization.
+
+    Args:
+        vae: The VAE the Harmony-VAE is made from (random weights until ``vae_pretrained`` loads).
+        vae_pretrained: Hub id or folder of the VAE's weights (``stabilityai/sd-vae-ft-mse``).
+        vae_subfolder: Subfolder of the VAE in ``vae_pretrained`` (``vae`` for a pipeline), or ``None``.
+        optimizer: Optimizer; default AdamW (lr 1e-4, betas 0.9/0.999, no weight decay).
+        warmup_fraction: Share of the training steps with a linear learning-rate warm-up, then constant.
+        ema_decay: Maximum decay of the EMA of the trained weights; ``None`` disables it.
+        train_decoder: Also train the decoder (the paper's choice; ``False`` trains only the condition).
+        loss: ``l1`` as the official training (the other is logged), or ``mse``, the squared L2 norm
+            the paper's Eq. 2 writes.
+        seed: Seed of the posterior sample at evaluation.
+        compute_lpips: Also report LPIPS at test time.
+        predictions_dir: Where ``predict`` writes its images.
+        inference_size: Working resolution of :meth:`harmonize_image`.
+    """
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        vae_pretrained: str | None = None,
+        vae_subfolder: str | None = None,
+        optimizer: OptimizerCallable | None = None,
+        warmup_fraction: float = 0.02,
+        ema_decay: float | None = 0.999,
+        train_decoder: bool = True,
+        loss: Literal["l1", "mse"] = "l1",
+        seed: int = 0,
+        compute_lpips: bool = False,
+        predictions_dir: str = "outputs/predictions",
+        inference_size: int = 256,
+    ) -> None:
+        super().__init__(ema_decay, 1, seed, compute_lpips, predictions_dir, inference_size)
+        save_config_hyperparameters(self, ("vae", "optimizer"))
+        self.harmony_vae = HarmonyVAEModel.from_vae(vae)
+        frozen = self.harmony_vae.vae
+        for part in (frozen.encoder, frozen.quant_conv, frozen.post_quant_conv):
+            part.requires_grad_(False)
+        frozen.decoder.requires_grad_(train_decoder)
+        self.vae_pretrained = vae_pretrained
+        self.vae_subfolder = vae_subfolder
+        self.optimizer = optimizer
+        self.warmup_fraction = warmup_fraction
+        self.loss = loss
+
+    def load_pretrained(self) -> None:
+        """Load the VAE and make the Harmony-VAE from it (zero-initialised condition)."""
+        if self.vae_pretrained:
+            load_pretrained_weights(self.harmony_vae.vae, self.vae_pretrained, self.vae_subfolder)
+        else:
+            rank_zero_warn("HarmonyVAE: no vae_pretrained; starting from a randomly initialised VAE")
+        self.harmony_vae.register_to_config(scaling_factor=self.harmony_vae.vae.config.scaling_factor)
+        self.harmony_vae.initialize_from_vae()
+
+    def ema_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The trained parameters of the Harmony-VAE."""
+        return [
+            (f"harmony_vae.{name}", p) for name, p in self.harmony_vae.named_parameters() if p.requires_grad
+        ]
+
+    def export_pretrained(self, directory: str | Path) -> None:
+        """Save the Harmony-VAE as ``<directory>/harmony_vae`` (load it with ``harmony_vae_pretrained``)."""
+        self.harmony_vae.save_pretrained(Path(directory) / "harmony_vae")
+
+    def reconstruct(
+        self, batch: Batch, generator: torch.Generator | list[torch.Generator] | None = None
+    ) -> torch.Tensor:
+        """Decode the real image's latent with the composite and mask as condition (``[-1, 1]``)."""
+        return self.harmony_vae(
+            batch[keys.TARGET] * 2 - 1, batch[keys.COMPOSITE] * 2 - 1, batch[keys.MASK], generator
+        ).sample
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        """Reconstruction loss of the real image (L1 and MSE are both logged)."""
+        reconstruction = self.reconstruct(batch).float()
+        target = batch[keys.TARGET].float() * 2 - 1
+        losses = {"l1": F.l1_loss(reconstruction, target), "mse": F.mse_loss(reconstruction, target)}
+        size = target.shape[0]
+        for name, value in losses.items():
+            self.log(f"train/{name}", value.detach(), prog_bar=name == self.loss, batch_size=size)
+        return losses[self.loss]
+
+    def configure_optimizers(self) -> dict:
+        """AdamW with a linear warm-up over ``warmup_fraction`` of the steps, then constant."""
+        parameters = [p for _, p in self.ema_named_parameters()]
+        if self.optimizer is None:
+            optimizer = torch.optim.AdamW(parameters, lr=1e-4, betas=(0.9, 0.999), weight_decay=0.0)
+        else:
+            optimizer = self.optimizer(parameters)
+        total = self.trainer.estimated_stepping_batches
+        warmup = max(1, round(self.warmup_fraction * total)) if math.isfinite(total) else 1
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def condition(self, batch: Batch, generators: Generators) -> GenerationCondition:
+        """The working-size composite and mask, and the real image to reconstruct.
+
+        Raises:
+            HarmonyInputError: The batch has no ground truth (this module does not harmonize on its own;
+                use :class:`~harmony.methods.diffharmony.DiffHarmonyPlusPlus`).
+        """
+        if keys.TARGET not in batch:
+            raise HarmonyInputError(
+                None, "HarmonyVAE reconstructs the real image and needs it; use DiffHarmonyPlusPlus"
+            )
+        condition = self.working_condition(batch)
+        condition.extras[keys.TARGET] = resize_images(batch[keys.TARGET].float(), self.inference_size)
+        return condition
+
+    def sample(self, condition: GenerationCondition, generators: Generators) -> torch.Tensor:
+        """A posterior sample of the real image's (unscaled) latent from the frozen encoder."""
+        target = condition.extras[keys.TARGET] * 2 - 1
+        return self.harmony_vae.vae.encode(target).latent_dist.sample(generators)
+
+    def decode(self, latents: torch.Tensor, condition: GenerationCondition) -> torch.Tensor:
+        """The conditioned decoding of the real image's latent, in ``[0, 1]``."""
+        images = self.harmony_vae.decode(latents, condition.composite * 2 - 1, condition.mask).sample
+        return ((images.float() + 1) / 2).clamp(0, 1)
