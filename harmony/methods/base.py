@@ -70,8 +70,7 @@ def blend_full_resolution(prediction: np.ndarray, composite: np.ndarray, mask: n
     height, width = composite.shape[:2]
     if prediction.shape[:2] != (height, width):
         prediction = np.asarray(Image.fromarray(prediction).resize((width, height), Image.BILINEAR))
-    alpha = mask[..., None].astype(np.float32)
-    return np.where(alpha > 0, blend(prediction, composite, mask), composite)
+    return np.where(mask[..., None] > 0, blend(prediction, composite, mask), composite)
 
 
 class HarmonizationModule(LightningModule, ABC):

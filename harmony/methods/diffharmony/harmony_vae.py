@@ -309,7 +309,7 @@ class HarmonyVAE(LatentDiffusionModule):
         seed: Seed of the posterior sample at evaluation.
         compute_lpips: Also report LPIPS at test time.
         predictions_dir: Where ``predict`` writes its images.
-        inference_size: Working resolution of :meth:`harmonize_image`.
+        inference_size: Working resolution of the conditioned reconstruction (evaluation, prediction).
     """
 
     def __init__(

@@ -9,7 +9,7 @@ condition, so a method swaps its decoder without touching its sampling.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import torch
 from diffusers import AutoencoderKL
@@ -18,7 +18,6 @@ from diffusers.models.autoencoders.vae import DecoderOutput
 from harmony.nn.latent.sampling import Generators
 
 
-@runtime_checkable
 class LatentDecoder(Protocol):
     """Anything that decodes VAE latents into an image, optionally conditioned on the composite."""
 

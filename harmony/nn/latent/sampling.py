@@ -204,18 +204,18 @@ def sample_latents(
         model_input = scheduler.scale_model_input(latents, timestep)
         model_output = predict_noise(model_input, timestep)
         if hook is not None:
-            alpha_bar = _alpha_bar(scheduler, index, timestep).to(device=model_input.device)
+            alpha_bar = _alpha_bar(scheduler, index, timestep).to(model_input.device, model_input.dtype)
             with torch.set_grad_enabled(wants_grad):
                 hook_latents = model_input.detach().requires_grad_(wants_grad)
+                prediction = model_output.detach()
+                original = predicted_original(hook_latents, prediction, alpha_bar, prediction_type)
                 step = DenoisingStep(
                     index=index,
                     timestep=timestep,
                     latents=hook_latents,
-                    noise_prediction=model_output.detach(),
-                    predicted_original=predicted_original(
-                        hook_latents, model_output.detach(), alpha_bar.to(hook_latents.dtype), prediction_type
-                    ),
-                    alpha_bar=alpha_bar.to(hook_latents.dtype),
+                    noise_prediction=prediction,
+                    predicted_original=original,
+                    alpha_bar=alpha_bar,
                     prediction_type=prediction_type,
                 )
                 corrected = hook(step)
