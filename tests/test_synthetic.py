@@ -6,8 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from harmony.data import synthetic
+from harmony.data.composites import COLOR_TRANSFERS
 from harmony.data.io import read_mask, read_rgb
 from harmony.data.synthetic import PHOTO_SPLITS, SPLITS, SUBSET, generate_synthetic_harmony
 from harmony.errors import HarmonyInputError
@@ -105,19 +107,20 @@ def test_background_is_bit_identical_and_foreground_changed(tree: Path) -> None:
 def test_splits_are_disjoint_by_source_photo(tree: Path) -> None:
     manifest = json.loads((tree / "manifest.json").read_text())
     photos_by_split: dict[str, set[str]] = {split: set() for split in SPLITS}
-    reinhard_seen = 0
+    transfers_seen = 0
     for split in SPLITS:
         for line in _lines(tree, split):
             real = manifest["reals"][Path(line).stem.split("_")[0]]
             assert real["split"] == split
             photos_by_split[split].add(real["photo"])
             record = manifest["composites"][Path(line).stem]
-            if "reinhard" in record["ops"]:
-                reinhard_seen += 1
+            assert record["family"] == real["family"]
+            if record["family"] == "color_transfer":
+                transfers_seen += 1
                 # The colour reference is another photo of the same split.
                 assert record["reference_photo"] in set(PHOTO_SPLITS[split]) - {real["photo"]}
         assert photos_by_split[split] <= set(PHOTO_SPLITS[split])
-    assert reinhard_seen > 0
+    assert transfers_seen > 0
     assert not photos_by_split["train"] & photos_by_split["val"]
     assert not photos_by_split["train"] & photos_by_split["test"]
     assert not photos_by_split["val"] & photos_by_split["test"]
@@ -204,3 +207,59 @@ def test_rejects_bad_arguments(tmp_path: Path, overrides: dict) -> None:
     with pytest.raises(HarmonyInputError):
         generate_synthetic_harmony(tmp_path / "root", **{**SMALL, **overrides})
     assert not (tmp_path / "root").exists()
+
+
+@pytest.fixture(scope="module")
+def larger_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_synthetic_harmony(
+        tmp_path_factory.mktemp("larger") / "root",
+        seed=1,
+        num_train=120,
+        num_val=0,
+        num_test=0,
+        image_size=96,
+        show_progress=False,
+    )
+
+
+def test_masks_are_single_solid_regions(larger_tree: Path) -> None:
+    for path in sorted((larger_tree / SUBSET / "masks").iterdir()):
+        mask = read_mask(path) >= 0.5
+        _, components = ndimage.label(mask)
+        assert components == 1, path.name
+        np.testing.assert_array_equal(ndimage.binary_fill_holes(mask), mask, err_msg=path.name)
+
+
+def test_every_family_is_drawn_and_strengths_stay_in_their_documented_ranges(larger_tree: Path) -> None:
+    manifest = json.loads((larger_tree / "manifest.json").read_text())
+    by_family: dict[str, list[float]] = {family: [] for family in synthetic.FAMILIES}
+    methods = set()
+    low, high = synthetic.FMSE_RANGE
+    for name, record in manifest["composites"].items():
+        by_family[record["family"]].append(record["fmse"])
+        methods.add(record.get("method"))
+        assert low <= record["target_fmse"] <= high, name
+        # The change is scaled onto the target, never past it (rounding to 8 bits can overshoot slightly).
+        assert record["fmse"] <= record["target_fmse"] * 1.02 + 1.0, name
+    assert set(COLOR_TRANSFERS) <= methods
+    for family, values in by_family.items():
+        # Enough composites that the median lands within a factor 2.5 of the family's documented median.
+        assert len(values) >= 20, family
+        median = float(np.median(values))
+        expected = synthetic.STRENGTH_MEDIANS[family]
+        assert expected / 2.5 <= median <= expected * 2.5, (family, median)
+        assert np.mean(np.array(values) >= low) >= 0.9, family
+
+
+def test_retouched_and_relit_reals_are_a_rendition_of_the_photo(larger_tree: Path) -> None:
+    manifest = json.loads((larger_tree / "manifest.json").read_text())
+    families = {record["family"] for record in manifest["reals"].values()}
+    assert families == set(synthetic.FAMILIES)
+    # Relit reals span night and day: their mean brightness varies far more than colour-transfer reals'.
+    brightness = {family: [] for family in synthetic.FAMILIES}
+    for name, record in manifest["reals"].items():
+        real = read_rgb(larger_tree / SUBSET / "real_images" / f"{name}.png")
+        brightness[record["family"]].append(real.mean())
+    assert np.percentile(brightness["illumination"], 25) < 0.6 * np.percentile(
+        brightness["color_transfer"], 25
+    )

@@ -1,16 +1,30 @@
-"""Synthetic harmonization data in the iHarmony4 layout, made from photos bundled with scikit-image.
+"""Synthetic harmonization data in the iHarmony4 layout, made from photos bundled with Python packages.
 
-Tests, demos and learning checks need data that downloads nothing. :func:`generate_synthetic_harmony`
-crops many *real* images from the colour photographs shipped inside the scikit-image wheel, draws one
-foreground mask per real image, and makes two *composites* per mask by changing the foreground's
-appearance the way iHarmony4 composites were made: mostly global per-channel colour transforms (Reinhard
-colour transfer in Lab, tone curves, colour adjustments, white balance) plus an optional mild
-low-frequency shading field (the edits of :mod:`harmony.data.composites.appearance`). The background
-of every composite is bit-identical to its real image.
+Tests, demos and the offline quickstart need data that downloads nothing. :func:`generate_synthetic_harmony`
+crops many *real* images from the colour photographs shipped inside the scikit-image, scikit-learn and
+matplotlib wheels, cuts one foreground per real image and makes two *composites* per foreground the
+ways iHarmony4's subsets were made (Cong et al. 2020, Sec. 3), with the operations of
+:mod:`harmony.data.composites`:
+
+- **color_transfer** (HCOCO, HFlickr): the real foreground recoloured towards the pixels of an object-like
+  region of *another* photo of the same split, by one of the four transfers of
+  :mod:`~harmony.data.composites.color_transfer` (parametric / non-parametric × correlated / decorrelated).
+- **retouch** (HAdobe5k): the real image is one global retouch of the photo (or the photo as shot), the
+  composite's foreground another (:func:`~harmony.data.composites.random_retouch`).
+- **illumination** (Hday2night): the real image is the photo under one light (day, overcast, dusk, night),
+  the composite's foreground under another (:func:`~harmony.data.composites.random_illumination`).
+
+Foregrounds are mostly regions grown from the photo's own segmentation
+(:func:`~harmony.data.composites.segment_mask`: edge-following, one solid piece), otherwise silhouettes and
+smooth shapes; their share of the image follows iHarmony4's (mostly under 15 %). Some composites also get a
+mild low-frequency shading field. Each composite's strength is a target fMSE drawn around the family's
+:data:`STRENGTH_MEDIANS`, close to the Composite's fMSE per subset on iHarmony4's test split; each change
+is scaled onto its target (amplified at most 1.6×, so a weak edit may stay below it). The background of
+every composite is bit-identical to its real image.
 
 Layout (PNG everywhere, so there is no compression noise)::
 
-    <root>/manifest.json                       # generator version, arguments, source photo of each real
+    <root>/manifest.json                       # version, arguments; photo, family, fMSE of each sample
     <root>/IHD_train.txt, IHD_val.txt, IHD_test.txt
     <root>/HSynthetic/real_images/s0001.png
     <root>/HSynthetic/masks/s0001_1.png        # 0/255, single channel
@@ -34,20 +48,21 @@ from typing import Any, Final
 
 import cv2
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 from skimage import color, data, filters
 from tqdm import tqdm
 
 from harmony.data.composites import (
-    random_color_adjustment,
-    random_reinhard_transfer,
+    COLOR_TRANSFERS,
+    random_illumination,
+    random_retouch,
     random_shading,
-    random_tone_curves,
-    random_white_balance,
+    segment_mask,
 )
 from harmony.errors import HarmonyInputError
 
-GENERATOR_VERSION: Final = 2
+GENERATOR_VERSION: Final = 3
 """Bump whenever the generated files change, so cached trees are regenerated."""
 
 SUBSET: Final = "HSynthetic"
@@ -63,14 +78,32 @@ PHOTO_SPLITS: Final[dict[str, tuple[str, ...]]] = {
         "motorcycle_right",
         "hubble_deep_field",
         "colorwheel",
+        "coffee",
+        "china",
+        "grace_hopper",
     ),
-    "val": ("coffee", "retina"),
+    "val": ("flower", "retina"),
     "test": ("chelsea", "immunohistochemistry"),
 }
-"""The fixed assignment of bundled scikit-image colour photos to splits; no photo is in two splits.
+"""The fixed assignment of bundled colour photos to splits; no photo is in two splits.
 
 The two stereo motorcycle views show one scene, so they share a split; ``data.cat`` is ``data.chelsea``.
+``china`` and ``flower`` ship with scikit-learn, ``grace_hopper`` with matplotlib.
 """
+
+
+def _sklearn_photo(name: str) -> np.ndarray:
+    from sklearn.datasets import load_sample_image
+
+    return load_sample_image(f"{name}.jpg")
+
+
+def _matplotlib_photo(name: str) -> np.ndarray:
+    import matplotlib.cbook
+
+    with matplotlib.cbook.get_sample_data(name) as file:
+        return np.asarray(Image.open(file).convert("RGB"))
+
 
 _PHOTO_LOADERS: Final[dict[str, Callable[[], np.ndarray]]] = {
     "astronaut": data.astronaut,
@@ -80,28 +113,40 @@ _PHOTO_LOADERS: Final[dict[str, Callable[[], np.ndarray]]] = {
     "hubble_deep_field": data.hubble_deep_field,
     "colorwheel": data.colorwheel,
     "coffee": data.coffee,
+    "china": lambda: _sklearn_photo("china"),
+    "flower": lambda: _sklearn_photo("flower"),
+    "grace_hopper": lambda: _matplotlib_photo("grace_hopper.jpg"),
     "retina": data.retina,
     "chelsea": data.chelsea,
     "immunohistochemistry": data.immunohistochemistry,
 }
 
+_SEGMENT_PROBABILITY: Final = 0.7
 _SHAPE_KINDS: Final = ("ellipse", "polygon", "blob", "horse", "cameraman", "logo", "coins")
 _SHAPE_PROBABILITIES: Final = (0.18, 0.18, 0.24, 0.12, 0.12, 0.08, 0.08)
 _CANVAS: Final = 256
 
-_PERTURBATIONS: Final = ("reinhard", "curves", "color", "white_balance")
-_OP_PROBABILITIES: Final = (0.35, 0.25, 0.25, 0.15)
-_SECONDARY_PROBABILITY: Final = 0.4
-_SHADING_PROBABILITY: Final = 0.5
-_FMSE_FLOOR: Final = 100.0
-_FMSE_CAP: Final = 5000.0
-_PERTURBATION_TRIES: Final = 8
+FAMILIES: Final = ("color_transfer", "retouch", "illumination")
+"""How a composite's foreground is changed, after iHarmony4's HCOCO/HFlickr, HAdobe5k and Hday2night."""
+_FAMILY_PROBABILITIES: Final = (0.4, 0.3, 0.3)
 
-_GLOBAL_OPS: Final[dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]]] = {
-    "curves": random_tone_curves,
-    "color": random_color_adjustment,
-    "white_balance": random_white_balance,
+STRENGTH_MEDIANS: Final[dict[str, float]] = {
+    "color_transfer": 700.0,
+    "retouch": 1300.0,
+    "illumination": 900.0,
 }
+"""Median of the target foreground MSE of each family (log-normal, σ = 0.9, within ``FMSE_RANGE``).
+
+With σ = 0.9 the means are 1.5× these (about 1050, 1950 and 1350), close to the Composite's fMSE on
+iHarmony4's test split: HCOCO 997 (and HFlickr 1574), HAdobe5k 2052, Hday2night 1410.
+"""
+_STRENGTH_SIGMA: Final = 0.9
+FMSE_RANGE: Final = (60.0, 8000.0)
+"""Every composite's foreground MSE against its real image (0–255 scale) lies in this range."""
+_PERTURBATION_TRIES: Final = 8
+_MAX_AMPLIFICATION: Final = 1.6
+_SHADING_PROBABILITY: Final = 0.3
+_UNCHANGED_REAL_PROBABILITY: Final = 0.3
 
 
 def generate_synthetic_harmony(
@@ -257,25 +302,26 @@ def _write_example(
     rng = np.random.default_rng([args["seed"], SPLITS.index(split), k])
     photos = PHOTO_SPLITS[split]
     real_name, photo = f"s{index:04d}", photos[k % len(photos)]
-    real = _random_real(_photo(photo), args["image_size"], rng)
-    mask = _random_mask(args["image_size"], rng)
+    scene = _random_real(_photo(photo), args["image_size"], rng)
+    family = FAMILIES[rng.choice(len(FAMILIES), p=_FAMILY_PROBABILITIES)]
+    # HAdobe5k and Hday2night reals are themselves one rendition of the scene among several.
+    real_edit = None
+    if family == "retouch" and rng.random() >= _UNCHANGED_REAL_PROBABILITY:
+        real_edit = random_retouch(rng)
+    elif family == "illumination":
+        real_edit = random_illumination(rng)
+    real = scene if real_edit is None else _edited(scene, real_edit)
+    mask = _random_mask(scene, rng)
     mask_name = f"{real_name}_1"
     _write_png(folders["real_images"] / f"{real_name}.png", real[..., ::-1])
     _write_png(folders["masks"] / f"{mask_name}.png", mask.astype(np.uint8) * 255)
-    manifest["reals"][real_name] = {"split": split, "photo": photo}
-    first = _draw_op(rng)
-    primaries = [first, _draw_op(rng, exclude=(first,))]
+    manifest["reals"][real_name] = {"split": split, "photo": photo, "family": family}
+    others = [other for other in photos if other != photo]
     names = []
     for number in range(1, count + 1):
-        # Reinhard colours come from another photo of the same split, so splits stay disjoint.
-        others = [other for other in photos if other != photo]
-        reference = others[int(rng.integers(len(others)))]
-        composite, ops, fmse = _perturbed(real, mask, rng, primaries[number - 1], reference)
+        composite, record = _perturbed(scene, real, mask, family, others, rng)
         name = f"{mask_name}_{number}"
         _write_png(folders["composite_images"] / f"{name}.png", composite[..., ::-1])
-        record: dict[str, Any] = {"ops": ops, "fmse": round(fmse, 2)}
-        if "reinhard" in ops:
-            record["reference_photo"] = reference
         manifest["composites"][name] = record
         names.append(name)
     return names
@@ -311,9 +357,16 @@ def _random_real(photo: np.ndarray, size: int, rng: np.random.Generator) -> np.n
     return np.ascontiguousarray(real)
 
 
-def _random_mask(size: int, rng: np.random.Generator) -> np.ndarray:
+def _random_mask(scene: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    size = scene.shape[0]
     min_pixels = max(16, round(0.004 * size * size))
     target = max(_foreground_ratio(rng) * size * size, 1.5 * min_pixels)
+    if rng.random() < _SEGMENT_PROBABILITY:
+        # An object-like region of the photo itself; when none of about the right size grows, a shape.
+        for _ in range(3):
+            mask = segment_mask(scene, target / (size * size), rng)
+            if mask is not None and mask.sum() >= min_pixels:
+                return mask
     for _ in range(1000):
         kind = _SHAPE_KINDS[rng.choice(len(_SHAPE_KINDS), p=_SHAPE_PROBABILITIES)]
         shape = _crop_to_content(_shape(kind, rng))
@@ -327,15 +380,15 @@ def _random_mask(size: int, rng: np.random.Generator) -> np.ndarray:
         top, left = rng.integers(0, size - new_h + 1), rng.integers(0, size - new_w + 1)
         mask = np.zeros((size, size), dtype=bool)
         mask[top : top + new_h, left : left + new_w] = resized
-        return mask
+        return ndimage.binary_fill_holes(_largest_component(mask))
     raise RuntimeError("could not draw a non-empty foreground mask")
 
 
 def _foreground_ratio(rng: np.random.Generator) -> float:
-    # iHarmony4 foregrounds: mostly small (1-15 % of the image), some large, a few up to ~60 %.
+    # iHarmony4 foregrounds: mostly small (Hday2night's often under 2 %), some large, a few up to ~60 %.
     draw = rng.random()
     if draw < 0.6:
-        return math.exp(rng.uniform(math.log(0.01), math.log(0.15)))
+        return math.exp(rng.uniform(math.log(0.008), math.log(0.15)))
     if draw < 0.9:
         return rng.uniform(0.15, 0.35)
     return rng.uniform(0.35, 0.6)
@@ -429,59 +482,67 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
 
 
-def _draw_op(rng: np.random.Generator, exclude: tuple[str, ...] = ()) -> str:
-    weights = np.array(
-        [0.0 if op in exclude else p for op, p in zip(_PERTURBATIONS, _OP_PROBABILITIES, strict=True)]
-    )
-    return _PERTURBATIONS[rng.choice(len(_PERTURBATIONS), p=weights / weights.sum())]
+def _edited(image: np.ndarray, edit: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    pixels = edit(image.reshape(-1, 3).astype(np.float32) / 255.0)
+    return np.round(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8).reshape(image.shape)
 
 
 def _perturbed(
+    scene: np.ndarray,
     real: np.ndarray,
     mask: np.ndarray,
+    family: str,
+    reference_photos: list[str],
     rng: np.random.Generator,
-    primary: str,
-    reference_photo: str,
-) -> tuple[np.ndarray, list[str], float]:
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """A composite of ``real`` whose foreground is another rendition of it, and its manifest record.
+
+    color_transfer: the real foreground recoloured with one of the four iHarmony4 transfers towards an
+    object of another photo. retouch / illumination: the foreground of the scene under another retouch or
+    light than the real image's. The change is then scaled so that its fMSE meets a target drawn around
+    the family's iHarmony4-like strength (shrunk freely, amplified at most 1.6×).
+    """
     original = real[mask].astype(np.float32)
-    best: tuple[np.ndarray, list[str], float] | None = None
+    low, high = FMSE_RANGE
+    target = float(np.clip(rng.lognormal(math.log(STRENGTH_MEDIANS[family]), _STRENGTH_SIGMA), low, high))
+    best: tuple[np.ndarray, dict[str, Any], float] | None = None
     for _ in range(_PERTURBATION_TRIES):
-        ops = [primary]
-        if rng.random() < _SECONDARY_PROBABILITY:
-            ops.append(_draw_op(rng, exclude=(primary,)))
-            rng.shuffle(ops)
-        pixels = original / 255.0
-        for op in ops:
-            pixels = (
-                random_reinhard_transfer(pixels, _reference_pixels(reference_photo, rng), rng)
-                if op == "reinhard"
-                else _GLOBAL_OPS[op](pixels, rng)
-            )
+        record: dict[str, Any] = {"family": family}
+        if family == "color_transfer":
+            method = list(COLOR_TRANSFERS)[int(rng.integers(len(COLOR_TRANSFERS)))]
+            reference = reference_photos[int(rng.integers(len(reference_photos)))]
+            pixels = COLOR_TRANSFERS[method](original / 255.0, _reference_object(reference, rng), rng)
+            record.update(method=method, reference_photo=reference)
+        else:
+            edit = random_retouch(rng) if family == "retouch" else random_illumination(rng)
+            pixels = edit(scene[mask].astype(np.float32) / 255.0)
         if rng.random() < _SHADING_PROBABILITY:
             pixels = random_shading(pixels, mask, rng)
-            ops.append("shading")
+            record["shading"] = True
         changed = np.clip(pixels * 255.0, 0.0, 255.0)
         fmse = float(np.mean((changed - original) ** 2))
-        if fmse > _FMSE_CAP:
-            # Pull implausibly strong changes back towards the real pixels; fMSE scales with the square.
-            changed = original + math.sqrt(_FMSE_CAP * rng.uniform(0.5, 1.0) / fmse) * (changed - original)
+        if fmse > 0:
+            # fMSE scales with the square of the change: scale it onto the target, amplifying at most
+            # _MAX_AMPLIFICATION times (a stronger version of the same edit), so every family keeps its
+            # own character while its strengths follow the target distribution.
+            scale = min(math.sqrt(target / fmse), _MAX_AMPLIFICATION)
+            changed = np.clip(original + scale * (changed - original), 0.0, 255.0)
         foreground = np.round(changed).astype(np.uint8)
         fmse = float(np.mean((foreground.astype(np.float32) - original) ** 2))
         if best is None or fmse > best[2]:
-            best = (foreground, ops, fmse)
-        if fmse >= _FMSE_FLOOR:
+            best = (foreground, record, fmse)
+        if fmse >= low:
             break
-    foreground, ops, fmse = best
+    foreground, record, fmse = best
     composite = real.copy()
     composite[mask] = foreground
-    return composite, ops, fmse
+    return composite, {**record, "fmse": round(fmse, 2), "target_fmse": round(target, 2)}
 
 
-def _reference_pixels(name: str, rng: np.random.Generator) -> np.ndarray:
-    photo = _photo(name)
-    height, width = photo.shape[:2]
-    side = max(8, round(rng.uniform(0.15, 0.5) * min(height, width)))
-    top, left = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
-    step = max(1, side // 64)
-    region = photo[top : top + side : step, left : left + side : step]
-    return region.reshape(-1, 3).astype(np.float32) / 255.0
+def _reference_object(name: str, rng: np.random.Generator) -> np.ndarray:
+    """The pixels of an object-like region of another photo: the statistics a foreground is given."""
+    crop = _random_real(_photo(name), 128, rng)
+    region = segment_mask(crop, rng.uniform(0.05, 0.3), rng)
+    if region is None:
+        region = np.ones(crop.shape[:2], dtype=bool)
+    return crop[region].astype(np.float32) / 255.0

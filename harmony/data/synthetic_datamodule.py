@@ -1,4 +1,4 @@
-"""SyntheticHarmony: iHarmony4-style triplets generated offline from scikit-image's photographs."""
+"""SyntheticHarmony: iHarmony4-style triplets generated offline from photographs bundled with packages."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ class SyntheticHarmonyDataModule(IHarmony4DataModule):
     The tree is generated once, deterministically from ``seed``, into ``root`` in the iHarmony4 layout
     (subset ``HSynthetic``, with ``IHD_{train,val,test}.txt``; splits disjoint by source photo), then
     read like iHarmony4 with its own validation split. See
-    :func:`harmony.data.synthetic.generate_synthetic_harmony`. The training data come from six photos
+    :func:`harmony.data.synthetic.generate_synthetic_harmony`. The training data come from nine photos
     only: ``scene_color_jitter`` stops a model memorising their colours.
 
     Args:

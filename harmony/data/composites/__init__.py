@@ -7,25 +7,37 @@ so each exists once. Random Poisson Blending (R2R's RPHarmony) and the inverse-h
 will land here next.
 
 - :mod:`~harmony.data.composites.blending`: soft-mask pasting of ``uint8`` images and of tensors.
-- :mod:`~harmony.data.composites.appearance`: Reinhard colour transfer in Lab and the random tone,
-  colour, white-balance and shading edits of the synthetic generator.
+- :mod:`~harmony.data.composites.appearance`: Reinhard colour transfer in Lab (its statistics and their
+  application apart) and random low-frequency shading.
+- :mod:`~harmony.data.composites.color_transfer`: iHarmony4's four colour-transfer families
+  (parametric / non-parametric × correlated / decorrelated) from a reference photo's statistics.
+- :mod:`~harmony.data.composites.global_edits`: retoucher-like tone edits (HAdobe5k) and day/night-like
+  illumination changes (Hday2night).
+- :mod:`~harmony.data.composites.segments`: object-like foreground masks from an image segmentation.
 - :mod:`~harmony.data.composites.inpainting`: filling the hole an object leaves (OpenCV, LaMa).
 - :mod:`~harmony.data.composites.placement`: fitting a pasted object into another object's box.
 """
 
 from harmony.data.composites.appearance import (
-    random_color_adjustment,
-    random_reinhard_transfer,
     random_shading,
-    random_tone_curves,
-    random_white_balance,
     reinhard_transfer,
 )
 from harmony.data.composites.blending import blend, paste_background
+from harmony.data.composites.color_transfer import (
+    COLOR_TRANSFERS,
+    transfer_distribution,
+    transfer_histograms,
+    transfer_lab_moments,
+    transfer_rgb_covariance,
+)
+from harmony.data.composites.global_edits import Edit, random_illumination, random_retouch
 from harmony.data.composites.inpainting import Inpainter, LamaInpainter, OpenCVInpainter, dilate
 from harmony.data.composites.placement import bounding_box, fit_into_box
+from harmony.data.composites.segments import segment_mask
 
 __all__ = [
+    "COLOR_TRANSFERS",
+    "Edit",
     "Inpainter",
     "LamaInpainter",
     "OpenCVInpainter",
@@ -34,10 +46,13 @@ __all__ = [
     "dilate",
     "fit_into_box",
     "paste_background",
-    "random_color_adjustment",
-    "random_reinhard_transfer",
+    "random_illumination",
+    "random_retouch",
     "random_shading",
-    "random_tone_curves",
-    "random_white_balance",
     "reinhard_transfer",
+    "segment_mask",
+    "transfer_distribution",
+    "transfer_histograms",
+    "transfer_lab_moments",
+    "transfer_rgb_covariance",
 ]

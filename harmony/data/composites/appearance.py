@@ -1,30 +1,92 @@
-"""Changes of a foreground's appearance: Reinhard colour transfer and random tone, colour and light edits.
+"""Changes of a foreground's appearance: Reinhard colour transfer in Lab and a random shading field.
 
 Every function takes and returns the foreground as a list of pixels, an ``N×3`` ``float32`` RGB array in
-``[0, 1]``. The ``random_*`` edits are the ones the SyntheticHarmony generator makes composites with
-(the global per-channel changes iHarmony4 composites were made with, plus a mild shading field); they
-draw their parameters from the given :class:`numpy.random.Generator` in a fixed order, so the same
-generator state always gives the same edit.
+``[0, 1]``. :func:`reinhard_transfer` is split into :func:`reinhard_statistics` and
+:func:`apply_reinhard`, so the statistics of a small copy can be applied to a full-resolution image.
+:func:`random_shading` draws its field from the given :class:`numpy.random.Generator`.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Final
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 from skimage import color
 
-_RGB_TO_YIQ: Final = np.array(
-    [[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]],
-    dtype=np.float32,
-)
-_YIQ_TO_RGB: Final = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
 
-_REINHARD_STRENGTH: Final = (0.3, 0.9)
-_REINHARD_STD_RATIO_LIMITS: Final = (0.6, 1.6)
+class ReinhardStatistics(NamedTuple):
+    """What a Reinhard transfer needs: the per-channel CIELAB mean and std of the source and reference.
+
+    Each std has 1e-3 added, so flat regions stay finite. Each field is a ``3``-vector (L, a, b).
+    """
+
+    source_mean: np.ndarray
+    source_std: np.ndarray
+    reference_mean: np.ndarray
+    reference_std: np.ndarray
+
+
+def _lab_moments(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return lab.mean(axis=0), lab.std(axis=0) + 1e-3
+
+
+def reinhard_statistics(pixels: np.ndarray, reference: np.ndarray) -> ReinhardStatistics:
+    """The Lab statistics :func:`apply_reinhard` moves ``pixels`` by (scikit-image's sRGB/D65 Lab).
+
+    Args:
+        pixels: ``N×3`` ``float32`` RGB in ``[0, 1]``: the pixels whose statistics are changed.
+        reference: ``M×3`` ``float32`` RGB in ``[0, 1]`` whose statistics are matched.
+    """
+    source_lab, reference_lab = color.rgb2lab(pixels[None])[0], color.rgb2lab(reference[None])[0]
+    return ReinhardStatistics(*_lab_moments(source_lab), *_lab_moments(reference_lab))
+
+
+def apply_reinhard(
+    pixels: np.ndarray,
+    statistics: ReinhardStatistics,
+    strength: float = 1.0,
+    std_ratio_limits: tuple[float, float] | None = None,
+    clip_lightness: bool = False,
+) -> np.ndarray:
+    """Shift and scale each CIELAB channel of ``pixels`` as :func:`reinhard_transfer` describes.
+
+    The pixels need not be those the statistics were measured on: a transfer estimated on a
+    downsampled image applies to its full-resolution pixels.
+
+    Args:
+        pixels: ``N×3`` ``float32`` RGB in ``[0, 1]``: the pixels to change.
+        statistics: From :func:`reinhard_statistics`.
+        strength: See :func:`reinhard_transfer`.
+        std_ratio_limits: See :func:`reinhard_transfer`.
+        clip_lightness: See :func:`reinhard_transfer`.
+
+    Returns:
+        The changed ``N×3`` ``float32`` pixels.
+    """
+    return _shift_lab(color.rgb2lab(pixels[None])[0], statistics, strength, std_ratio_limits, clip_lightness)
+
+
+def _shift_lab(
+    lab: np.ndarray,
+    statistics: ReinhardStatistics,
+    strength: float,
+    std_ratio_limits: tuple[float, float] | None,
+    clip_lightness: bool,
+) -> np.ndarray:
+    source_mean, source_std, reference_mean, reference_std = statistics
+    ratio = reference_std / source_std
+    if std_ratio_limits is not None:
+        ratio = np.clip(ratio, *std_ratio_limits)
+    mean = source_mean + strength * (reference_mean - source_mean)
+    lab = (lab - source_mean) * ratio**strength + mean
+    if clip_lightness:
+        lab[:, 0] = np.clip(lab[:, 0], 0.0, 100.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # out-of-gamut Lab is clipped by lab2rgb, which is what we want
+        return np.clip(color.lab2rgb(lab[None])[0], 0.0, 1.0).astype(np.float32)
 
 
 def reinhard_transfer(
@@ -39,6 +101,7 @@ def reinhard_transfer(
     Each CIELAB channel (scikit-image's sRGB/D65 conversion) is shifted and scaled as
     ``(x − μ_s)·r^strength + μ_s + strength·(μ_r − μ_s)`` with ``r = σ_r / σ_s``, where each std has
     1e-3 added so flat regions stay finite. Colours outside the RGB gamut are clipped to ``[0, 1]``.
+    This is :func:`apply_reinhard` of the pixels' own :func:`reinhard_statistics`.
 
     Args:
         pixels: ``N×3`` ``float32`` RGB in ``[0, 1]``: the pixels to change.
@@ -54,110 +117,10 @@ def reinhard_transfer(
     Returns:
         The changed ``N×3`` ``float32`` pixels.
     """
+    # The pixels' Lab is both measured and changed: convert them once.
     source_lab, reference_lab = color.rgb2lab(pixels[None])[0], color.rgb2lab(reference[None])[0]
-    source_mean, source_std = source_lab.mean(axis=0), source_lab.std(axis=0) + 1e-3
-    reference_mean, reference_std = reference_lab.mean(axis=0), reference_lab.std(axis=0) + 1e-3
-    ratio = reference_std / source_std
-    if std_ratio_limits is not None:
-        ratio = np.clip(ratio, *std_ratio_limits)
-    mean = source_mean + strength * (reference_mean - source_mean)
-    lab = (source_lab - source_mean) * ratio**strength + mean
-    if clip_lightness:
-        lab[:, 0] = np.clip(lab[:, 0], 0.0, 100.0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # out-of-gamut Lab is clipped by lab2rgb, which is what we want
-        return np.clip(color.lab2rgb(lab[None])[0], 0.0, 1.0).astype(np.float32)
-
-
-def random_reinhard_transfer(
-    pixels: np.ndarray, reference: np.ndarray, rng: np.random.Generator
-) -> np.ndarray:
-    """A partial :func:`reinhard_transfer` towards ``reference``, of random strength in ``[0.3, 0.9]``.
-
-    The std ratio is bounded to ``[0.6, 1.6]`` and the lightness clipped: a partial, bounded transfer
-    keeps most composites plausible rather than swapping the colours wholesale.
-
-    Args:
-        pixels: ``N×3`` ``float32`` RGB in ``[0, 1]``.
-        reference: ``M×3`` ``float32`` RGB in ``[0, 1]`` whose statistics are moved towards.
-        rng: Draws the strength.
-    """
-    strength = rng.uniform(*_REINHARD_STRENGTH)
-    return reinhard_transfer(pixels, reference, strength, _REINHARD_STD_RATIO_LIMITS, clip_lightness=True)
-
-
-def _monotone_curve(rng: np.random.Generator, knots: int) -> np.ndarray:
-    steps = rng.dirichlet(np.full(knots - 1, 3.0))
-    return np.concatenate([[0.0], np.cumsum(steps)])
-
-
-def random_tone_curves(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random monotone tone curves per channel: a shared curve plus a per-channel colour cast.
-
-    The curves, on 9 knots, are mixed towards the identity, raised to a random gamma, and then either
-    compress the tonal range (a faded look) or stretch it (a punchy one), each with probability 1/2.
-
-    Args:
-        pixels: ``N×3`` ``float32`` RGB in ``[0, 1]``.
-        rng: Draws the curves.
-    """
-    knots = np.linspace(0.0, 1.0, 9)
-    shared = _monotone_curve(rng, len(knots))
-    gamma = math.exp(rng.uniform(-0.45, 0.45))
-    black, white = rng.uniform(0.0, 0.08), rng.uniform(0.9, 1.0)
-    # Either compress the tonal range (faded) or stretch it (punchy), so no direction is a giveaway.
-    compress = rng.random() < 0.5
-    out = np.empty_like(pixels)
-    for channel in range(3):
-        # A shared curve plus a per-channel one: a tone change with a colour cast, both monotone.
-        own = rng.uniform(0.0, 0.6)
-        curve = (1 - own) * shared + own * _monotone_curve(rng, len(knots))
-        curve = knots + rng.uniform(0.3, 0.8) * (curve - knots)
-        curve = curve**gamma
-        curve = black + (white - black) * curve if compress else (curve - black) / (white - black)
-        out[:, channel] = np.interp(pixels[:, channel], knots, curve)
-    return np.clip(out, 0.0, 1.0)
-
-
-def random_color_adjustment(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random brightness, contrast, saturation and hue changes in YIQ.
-
-    Each of the four is applied with probability 0.6, and at least one always is.
-
-    Args:
-        pixels: ``N×3`` ``float32`` RGB in ``[0, 1]``.
-        rng: Draws which changes apply and how strong they are.
-    """
-    yiq = pixels @ _RGB_TO_YIQ.T
-    applied = rng.random(4) < 0.6
-    if not applied.any():
-        applied[rng.integers(4)] = True
-    brightness, contrast, saturation, hue = applied
-    if brightness:
-        yiq[:, 0] *= math.exp(rng.uniform(-0.35, 0.3))
-    if contrast:
-        luma = yiq[:, 0]
-        yiq[:, 0] = luma.mean() + math.exp(rng.uniform(-0.35, 0.35)) * (luma - luma.mean())
-    if saturation:
-        yiq[:, 1:] *= math.exp(rng.uniform(-0.7, 0.5))
-    if hue:
-        angle = rng.uniform(-0.45, 0.45)
-        cos, sin = math.cos(angle), math.sin(angle)
-        yiq[:, 1:] = yiq[:, 1:] @ np.array([[cos, sin], [-sin, cos]], dtype=np.float32)
-    return np.clip(yiq @ _YIQ_TO_RGB.T, 0.0, 1.0)
-
-
-def random_white_balance(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A random white balance (colour temperature and tint) and exposure change: per-channel gains.
-
-    Args:
-        pixels: ``N×3`` ``float32`` RGB in ``[0, 1]``.
-        rng: Draws temperature, tint and exposure.
-    """
-    temperature, tint = rng.uniform(-0.3, 0.3), rng.uniform(-0.12, 0.12)
-    exposure = rng.uniform(-0.3, 0.25)
-    gains = np.exp(np.array([temperature, tint, -temperature]) + exposure).astype(np.float32)
-    return np.clip(pixels * gains, 0.0, 1.0)
+    statistics = ReinhardStatistics(*_lab_moments(source_lab), *_lab_moments(reference_lab))
+    return _shift_lab(source_lab, statistics, strength, std_ratio_limits, clip_lightness)
 
 
 def random_shading(pixels: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
