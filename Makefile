@@ -5,9 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 HARMONY := $(VENV)/bin/harmony
 IHARMONY4 ?= data/iHarmony4
+ROOT ?=
 EXP ?= semi_supervised_parametric
 
-.PHONY: help install quickstart test test-all lint format reproduce-table1 fit benchmark clean
+.PHONY: help install quickstart test test-all lint format reproduce-table1 fit benchmark benchmark-real clean
 
 help:  ## Show this help
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -44,6 +45,10 @@ reproduce-table1: install  ## Evaluate every available row on the iHarmony4 test
 benchmark: install  ## Run the benchmarks in benchmarks/ (scoring throughput, parametric model speed)
 	$(PY) benchmarks/score_throughput.py
 	$(PY) benchmarks/parametric_speed.py
+
+benchmark-real: install  ## Score training-free methods (and checkpoints) at full resolution: make benchmark-real ROOT=path
+	@test -n "$(ROOT)" || { echo "make benchmark-real needs ROOT=<iHarmony4-layout root>" >&2; exit 2; }
+	$(PY) benchmarks/real_composites.py --data-root $(ROOT)
 
 clean:  ## Remove caches and outputs (keeps .venv, data and checkpoints)
 	rm -rf .pytest_cache .ruff_cache lightning_logs outputs results

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,8 @@ class HarmonizationModule(LightningModule, ABC):
             missing the report says so instead of scoring).
         predictions_dir: Where ``harmony predict`` writes ``<name>.png`` files.
         inference_size: Side length the method works at when used on a user's image of any size
-            (``harmony harmonize``); the output is resized back and pasted at full resolution.
+            (``harmony harmonize``); by default the output is resized back and pasted at full
+            resolution (a method may instead estimate at this size and apply at full resolution).
     """
 
     def __init__(
@@ -174,16 +176,32 @@ class HarmonizationModule(LightningModule, ABC):
     # --- prediction -------------------------------------------------------------------------------
     def predict_step(self, batch: Batch, batch_idx: int) -> list[Path]:
         """Harmonize a batch and write each result as ``<name>.png`` at its original resolution."""
-        prediction = self.harmonize(batch).float().clamp(0, 1)
         written = []
-        for index, name in enumerate(batch[keys.NAME]):
-            composite_path = batch[keys.COMPOSITE_PATH][index]
-            mask_path = batch[keys.MASK_PATH][index]
-            output = self._to_original_resolution(prediction[index], composite_path, mask_path)
+        outputs = self.predict_original_resolution(batch)
+        for name, output in zip(batch[keys.NAME], outputs, strict=True):
             path = self.predictions_dir / f"{name}.png"
             save_rgb(path, output)
             written.append(path)
         return written
+
+    def predict_original_resolution(self, batch: Batch) -> Iterator[np.ndarray]:
+        """Each image of a prediction batch harmonized at its composite file's original resolution.
+
+        By default the method runs on the batch (:meth:`harmonize`, at the batch's resolution) and each
+        output is resized to its composite's size and blended in with the soft mask. A method that can
+        work on the full-resolution file itself overrides this.
+
+        Args:
+            batch: A prediction batch (with ``composite_path`` and ``mask_path``).
+
+        Yields:
+            One ``H×W×3`` ``uint8`` image per batch item, in order.
+        """
+        prediction = self.harmonize(batch).float().clamp(0, 1)
+        for index, (composite_path, mask_path) in enumerate(
+            zip(batch[keys.COMPOSITE_PATH], batch[keys.MASK_PATH], strict=True)
+        ):
+            yield self._to_original_resolution(prediction[index], composite_path, mask_path)
 
     @staticmethod
     def _to_original_resolution(prediction: torch.Tensor, composite_path: str, mask_path: str) -> np.ndarray:
@@ -191,12 +209,41 @@ class HarmonizationModule(LightningModule, ABC):
         return blend_full_resolution(image, read_rgb(composite_path), read_mask(mask_path))
 
     # --- any-resolution use -----------------------------------------------------------------------
+    def working_batch(self, composite: np.ndarray, mask: np.ndarray) -> Batch:
+        """One image brought to ``inference_size`` as a batch of one, the way :meth:`harmonize_image` runs it.
+
+        The composite is resized with PIL bilinear, the mask quantised to 8 bits, resized nearest and
+        thresholded at 0.5, as the data sets do with files.
+
+        Args:
+            composite: ``H×W×3`` ``uint8`` RGB composite.
+            mask: ``H×W`` soft mask in ``[0, 1]`` (1 = foreground).
+
+        Returns:
+            ``composite`` (``1×3×S×S`` in ``[0, 1]``) and ``mask`` (``1×1×S×S`` in ``{0, 1}``) on the
+            module's device.
+        """
+        size = self.inference_size
+        small = np.asarray(Image.fromarray(composite).resize((size, size), Image.BILINEAR))
+        small_mask = np.asarray(
+            Image.fromarray((mask * 255 + 0.5).astype(np.uint8)).resize((size, size), Image.NEAREST)
+        )
+        return {
+            keys.COMPOSITE: torch.from_numpy(small.copy())
+            .permute(2, 0, 1)[None]
+            .float()
+            .div(255)
+            .to(self.device),
+            keys.MASK: torch.from_numpy((small_mask >= 128).astype(np.float32))[None, None].to(self.device),
+        }
+
     @torch.no_grad()
     def harmonize_image(self, composite: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Harmonize one image of any size.
 
-        The method runs at ``inference_size``; its output is resized back to the image's size and
-        blended into the composite with the (soft) mask, so the background stays bit-identical.
+        The method runs at ``inference_size`` (:meth:`working_batch`); its output is resized back to the
+        image's size and blended into the composite with the (soft) mask, so the background stays
+        bit-identical.
 
         Args:
             composite: ``H×W×3`` ``uint8`` RGB composite.
@@ -205,18 +252,5 @@ class HarmonizationModule(LightningModule, ABC):
         Returns:
             The harmonized ``H×W×3`` ``uint8`` image.
         """
-        size = self.inference_size
-        small = np.asarray(Image.fromarray(composite).resize((size, size), Image.BILINEAR))
-        small_mask = np.asarray(
-            Image.fromarray((mask * 255 + 0.5).astype(np.uint8)).resize((size, size), Image.NEAREST)
-        )
-        batch = {
-            keys.COMPOSITE: torch.from_numpy(small.copy())
-            .permute(2, 0, 1)[None]
-            .float()
-            .div(255)
-            .to(self.device),
-            keys.MASK: torch.from_numpy((small_mask >= 128).astype(np.float32))[None, None].to(self.device),
-        }
-        prediction = self.harmonize(batch).float().clamp(0, 1)[0]
+        prediction = self.harmonize(self.working_batch(composite, mask)).float().clamp(0, 1)[0]
         return blend_full_resolution(to_uint8(prediction).permute(1, 2, 0).cpu().numpy(), composite, mask)
