@@ -30,6 +30,7 @@ from harmony.data.records import TripletRecord, list_matched_folders
 from harmony.methods.semi_supervised_parametric import (
     ConvEncoder,
     CurvePredictor,
+    MaskedStatisticsEncoder,
     SemiSupervisedParametric,
     ShadingUNet,
     UNetDiscriminatorSN,
@@ -278,6 +279,58 @@ def test_losses_follow_equations_2_to_4() -> None:
     torch.testing.assert_close(
         captured["loss0"], 0.08 * adversarial, rtol=1e-4, atol=1e-6
     )  # stream 2: L_G only
+
+
+def test_harmonious_fraction_trains_on_real_images_as_inputs() -> None:
+    model = tiny_model(shading=False)
+    model.brightness_jitter, model.harmonious_fraction = 0.0, 1.0
+    seen: list[torch.Tensor] = []
+    model._generator_only_step = lambda data: seen.append(data[keys.COMPOSITE])  # type: ignore[method-assign]
+    batch = supervised_batch()
+    model.training_step(batch, 0)
+    torch.testing.assert_close(seen[0], batch[keys.TARGET])
+    model.harmonious_fraction = 0.0
+    model.training_step(batch, 0)
+    torch.testing.assert_close(seen[1], batch[keys.COMPOSITE])
+    with pytest.raises(ValueError, match="harmonious_fraction"):
+        SemiSupervisedParametric(CurvePredictor(ConvEncoder(7, [8])), harmonious_fraction=1.5)
+
+
+def test_foreground_mse_loss_is_the_mean_of_per_image_fmse() -> None:
+    model = tiny_model(shading=False)
+    model.reconstruction_loss = "foreground_mse"
+    batch = supervised_batch()
+    batch[keys.MASK][1, :, 8:24, 8:24] = 0
+    batch[keys.MASK][1, :, 0:2, 0:2] = 1  # a tiny foreground counts as much as a large one
+    output = torch.rand_like(batch[keys.TARGET])
+    expected = []
+    for index in range(2):
+        inside = batch[keys.MASK][index, 0] > 0
+        expected.append(((output[index] - batch[keys.TARGET][index]) ** 2)[:, inside].mean())
+    torch.testing.assert_close(model.reconstruction(output, batch), torch.stack(expected).mean())
+    model.reconstruction_loss = "l1"
+    torch.testing.assert_close(model.reconstruction(output, batch), F.l1_loss(output, batch[keys.TARGET]))
+
+
+def test_masked_statistics_encoder_describes_a_tiny_foreground_as_fully_as_a_large_one() -> None:
+    torch.manual_seed(0)
+    encoder = MaskedStatisticsEncoder(7, bins=8, channels=(8, 8), out_features=16).eval()
+    image = torch.rand(1, 3, 64, 64) * 0.5
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 30:33, 30:33] = 1  # 0.2 % of the image
+    stack = torch.cat([image, image * (1 - mask), mask], dim=1)
+    brighter = stack.clone()
+    brighter[:, :3] = stack[:, :3] + 0.4 * mask
+    with torch.no_grad():
+        statistics = encoder._region_statistics(stack[:, :3], mask)
+        moved = encoder._region_statistics(brighter[:, :3], mask)
+        # The foreground's mean rises by the full 0.4, undiluted by the 99.8 % of background.
+        means = moved.view(1, 3, -1)[..., -2] - statistics.view(1, 3, -1)[..., -2]
+        torch.testing.assert_close(means, torch.full_like(means, 0.4), atol=1e-5, rtol=0)
+        histograms = statistics.view(1, 3, -1)[..., :8]
+        torch.testing.assert_close(histograms.sum(-1), torch.ones(1, 3))
+        assert encoder(stack).shape == (1, 16)
+        assert not torch.allclose(encoder(stack), encoder(brighter))
 
 
 # --- data ---------------------------------------------------------------------------------------------

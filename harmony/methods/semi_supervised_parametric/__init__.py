@@ -9,7 +9,11 @@
 * :mod:`.backbones` — the image encoders the curve predictor pools into one feature vector.
 """
 
-from harmony.methods.semi_supervised_parametric.backbones import ConvEncoder, ResNetEncoder
+from harmony.methods.semi_supervised_parametric.backbones import (
+    ConvEncoder,
+    MaskedStatisticsEncoder,
+    ResNetEncoder,
+)
 from harmony.methods.semi_supervised_parametric.discriminator import UNetDiscriminatorSN
 from harmony.methods.semi_supervised_parametric.rgb_curves import CurvePredictor
 from harmony.methods.semi_supervised_parametric.semi_supervised_parametric import (
@@ -21,6 +25,7 @@ from harmony.methods.semi_supervised_parametric.shading_map import ShadingUNet
 __all__ = [
     "ConvEncoder",
     "CurvePredictor",
+    "MaskedStatisticsEncoder",
     "ParametricAdjustments",
     "ResNetEncoder",
     "SemiSupervisedParametric",
