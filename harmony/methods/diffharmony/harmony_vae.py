@@ -36,30 +36,15 @@ from harmony.data import types as keys
 from harmony.errors import HarmonyInputError
 from harmony.methods.base import Batch, save_config_hyperparameters
 from harmony.methods.latent_diffusion import GenerationCondition, LatentDiffusionModule
-from harmony.nn.latent import Generators, load_pretrained_weights, resize_images
-
-
-def zero_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
-    """A 1×1 convolution whose weight and bias start at zero."""
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size=1)
-    nn.init.zeros_(conv.weight)
-    nn.init.zeros_(conv.bias)
-    return conv
-
-
-def encoder_feature_channels(block_out_channels: tuple[int, ...], layers_per_block: int) -> list[int]:
-    """Channels of the encoder features passed to the decoder, in the order they are produced."""
-    channels = [block_out_channels[0]]
-    for index, width in enumerate(block_out_channels):
-        channels += [width] * layers_per_block
-        if index < len(block_out_channels) - 1:
-            channels.append(width)
-    return channels
-
-
-def decoder_resnet_channels(block_out_channels: tuple[int, ...], layers_per_block: int) -> list[int]:
-    """Output channels of the decoder's resnets, in decoding order."""
-    return [width for width in reversed(block_out_channels) for _ in range(layers_per_block + 1)]
+from harmony.nn.latent import (
+    Generators,
+    decoder_resnet_channels,
+    encoder_feature_channels,
+    encoder_skip_features,
+    load_pretrained_weights,
+    resize_images,
+    zero_conv,
+)
 
 
 class HarmonyCondition(nn.Module):
@@ -119,16 +104,8 @@ class HarmonyCondition(nn.Module):
             and the encoder's output moments (``B×2C×h×w``, before ``quant_conv``).
         """
         encoder = self.encoder
-        hidden = encoder.conv_in(torch.cat([composite, mask.to(composite.dtype)], dim=1))
-        features = [hidden]
-        for block in encoder.down_blocks:
-            for resnet in block.resnets:
-                hidden = resnet(hidden, None)
-                features.append(hidden)
-            for downsampler in block.downsamplers or []:
-                hidden = downsampler(hidden)
-                features.append(hidden)
-        hidden = encoder.mid_block(hidden)
+        features = encoder_skip_features(encoder, torch.cat([composite, mask.to(composite.dtype)], dim=1))
+        hidden = encoder.mid_block(features[-1])
         mid = self.mid_skip_conv(hidden)
         moments = encoder.conv_out(encoder.conv_act(encoder.conv_norm_out(hidden)))
         skips = [conv(feature) for conv, feature in zip(self.skip_convs, features, strict=True)]

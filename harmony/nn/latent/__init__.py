@@ -10,7 +10,9 @@ The diffusers components are used as they are (``UNet2DConditionModel``, ``Contr
 * :mod:`.conditioning` — the inpainting concatenation, ControlNet residuals, the empty-prompt
   embedding, the working resolution;
 * :mod:`.sampling` — samplers by name and the one denoising loop, with a per-step hook for guidance;
-* :mod:`.losses` — the foreground-weighted latent MSE and the scheduler's training target.
+* :mod:`.losses` — the foreground-weighted latent MSE and the scheduler's training target;
+* :mod:`.skips` — encoder-to-decoder skip connections (the encoder's skip features, the channel counts
+  on both sides, zero-initialised 1×1 convolutions), shared by the Harmony-VAE and the Clear-VAE.
 """
 
 from harmony.nn.latent.autoencoder import (
@@ -51,6 +53,13 @@ from harmony.nn.latent.sampling import (
     sample_latents,
     seeded_generators,
 )
+from harmony.nn.latent.skips import (
+    decoder_resnet_channels,
+    decoder_resnet_in_channels,
+    encoder_feature_channels,
+    encoder_skip_features,
+    zero_conv,
+)
 
 __all__ = [
     "CONFIGS_DIR",
@@ -69,8 +78,12 @@ __all__ = [
     "build_vae",
     "component_config_path",
     "decode_latents",
+    "decoder_resnet_channels",
+    "decoder_resnet_in_channels",
     "diffusion_target",
     "encode_images",
+    "encoder_feature_channels",
+    "encoder_skip_features",
     "foreground_weighted_mse",
     "initialize_controlnet_from_unet",
     "inpainting_input",
@@ -84,4 +97,5 @@ __all__ = [
     "unet_prediction",
     "unscale_latents",
     "vae_scale_factor",
+    "zero_conv",
 ]
