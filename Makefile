@@ -5,10 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 HARMONY := $(VENV)/bin/harmony
 IHARMONY4 ?= data/iHarmony4
+RPHARMONY ?= data/RPHarmony
 ROOT ?=
 EXP ?= semi_supervised_parametric
 
-.PHONY: help install quickstart test test-all lint format reproduce-table1 fit benchmark benchmark-real clean
+.PHONY: help install quickstart test test-all lint format reproduce-table1 reproduce-table2 fit benchmark benchmark-real clean
 
 help:  ## Show this help
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -41,6 +42,9 @@ fit: install  ## Train an experiment: make fit EXP=semi_supervised_parametric
 
 reproduce-table1: install  ## Evaluate every available row on the iHarmony4 test split: make reproduce-table1 IHARMONY4=path
 	$(PY) -m harmony.commands.reproduce_table1 --data-root $(IHARMONY4) --output-dir results
+
+reproduce-table2: install  ## R2R's Table 2: every available row on the RPHarmony test split: make reproduce-table2 RPHARMONY=path
+	$(PY) -m harmony.commands.reproduce_table1 --dataset rpharmony --data-root $(RPHARMONY) --output-dir results
 
 benchmark: install  ## Run the benchmarks in benchmarks/ (scoring throughput, parametric model speed)
 	$(PY) benchmarks/score_throughput.py

@@ -24,6 +24,10 @@ TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "check-data": ("harmony.commands.check_data", "check a data set's files, sizes, masks and split counts"),
     "harmonize": ("harmony.commands.harmonize", "harmonize your own image(s) at any resolution"),
+    "build-rpharmony": (
+        "harmony.commands.build_rpharmony",
+        "make an RPHarmony-style data set from photos with masks (Random Poisson Blending)",
+    ),
     "quickstart": (
         "harmony.commands.quickstart",
         "train and evaluate a small model offline on synthetic data",
@@ -64,8 +68,9 @@ def _usage() -> str:
         "usage: harmony <command> [options]",
         "",
     ]
-    lines += [f"  {name:<11} {text}" for name, text in LIGHTNING_COMMANDS.items()]
-    lines += [f"  {name:<11} {text}" for name, (_, text) in TOOL_COMMANDS.items()]
+    width = max(map(len, [*LIGHTNING_COMMANDS, *TOOL_COMMANDS]))
+    lines += [f"  {name:<{width}} {text}" for name, text in LIGHTNING_COMMANDS.items()]
+    lines += [f"  {name:<{width}} {text}" for name, (_, text) in TOOL_COMMANDS.items()]
     lines += ["", "Run `harmony <command> --help` for a command's options."]
     return "\n".join(lines)
 

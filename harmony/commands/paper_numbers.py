@@ -5,6 +5,8 @@ range 255, ground-truth background pasted), i.e. our ``iharmony4`` protocol; Li 
 PSNR and MSE only, and its Composite PSNRs match the ``bcmi`` protocol (PSNR range = prediction
 max − min) rather than ``iharmony4``; Wang et al. 2023 Table 1 — overall numbers only. DiffHarmony++'s
 own Table 1 labels S²AM's numbers as "Composite", so its Composite column is not used here.
+
+RPHarmony's test split (R2R Table 2) is printed for the whole set only (R-ADE20K and R-DUTS together).
 """
 
 from __future__ import annotations
@@ -68,3 +70,12 @@ PAPER_NUMBERS: dict[str, dict[str, dict[str, tuple[float | None, float | None, f
     },
     "SemiSupervisedParametric": {"Wang et al. Tab. 1": {"all": (38.30, 20.57, None)}},
 }
+
+RPHARMONY_SUBSETS = ("R-ADE20K", "R-DUTS", "all")
+
+RPHARMONY_PAPER_NUMBERS: dict[str, dict[str, dict[str, tuple[float | None, float | None, float | None]]]] = {
+    "Composite": {"R2R Tab. 2": {"all": (25.91, 366.32, 2362.08)}},
+    "DiffHarmonyPlusPlus": {"R2R Tab. 2": {"all": (36.03, 42.16, 203.45)}},
+    "R2R": {"R2R Tab. 2": {"all": (36.32, 40.25, 192.66)}},
+}
+"""RPHarmony test-split numbers of R2R Table 2 (PSNR, MSE, fMSE), each method fine-tuned on RPHarmony."""

@@ -1,5 +1,8 @@
 """``make reproduce-table1``: every row we can evaluate on the iHarmony4 test split, beside the papers.
 
+With ``--dataset rpharmony`` the same rows are scored on an RPHarmony root beside R2R's Table 2 instead
+(``table2.{md,json}``; the methods' RPHarmony-fine-tuned checkpoints are ``checkpoints/<name>_rpharmony``).
+
 Rows: the Composite and the training-free baselines always; each method whose checkpoint is present
 under ``checkpoints/`` (see checkpoints/README.md). Every row goes through the shared evaluator
 (``iharmony4`` protocol); the Composite is also scored under the ``bcmi`` protocol, which is what
@@ -18,8 +21,8 @@ from pathlib import Path
 
 from lightning.pytorch import Trainer
 
-from harmony.commands.paper_numbers import PAPER_NUMBERS, SUBSETS
-from harmony.data import IHarmony4DataModule
+from harmony.commands.paper_numbers import PAPER_NUMBERS, RPHARMONY_PAPER_NUMBERS, RPHARMONY_SUBSETS, SUBSETS
+from harmony.data import IHarmony4DataModule, RPHarmonyDataModule
 from harmony.data.io import save_json, save_text
 from harmony.data.records import list_iharmony4
 from harmony.errors import HarmonyInputError
@@ -43,6 +46,16 @@ class MethodRow:
     checkpoint: str | None = None
     needs: tuple[str, ...] = ()
 
+    def fine_tuned_on_rpharmony(self) -> MethodRow | None:
+        """The row with its RPHarmony-fine-tuned checkpoint (``<name>_rpharmony.ckpt`` beside the original).
+
+        ``None`` for a row whose config names its weights itself (it has no checkpoint to swap).
+        """
+        if self.checkpoint is None:
+            return None
+        file = Path(self.checkpoint)
+        return MethodRow(self.config, str(file.with_name(f"{file.stem}_rpharmony{file.suffix}")), self.needs)
+
     def missing(self) -> list[str]:
         """The required paths that do not exist."""
         paths = ([self.checkpoint] if self.checkpoint else []) + list(self.needs)
@@ -60,6 +73,8 @@ METHOD_ROWS: dict[str, MethodRow] = {
         "experiments/diffharmony_plusplus.yaml",
         needs=("checkpoints/diffharmony/unet", "checkpoints/harmony_vae"),
     ),
+    # An R2R checkpoint holds every part (stage-1 UNet, Clear-VAE, controller), so it is enough alone.
+    "R2R": MethodRow("experiments/r2r.yaml", "checkpoints/r2r.ckpt"),
 }
 """Trained methods; a row appears when everything it needs is present (see checkpoints/README.md)."""
 
@@ -84,9 +99,15 @@ def load_method(config: Path, checkpoint: Path | None) -> HarmonizationModule:
     return model  # type: ignore[return-value]
 
 
-def evaluate(module: HarmonizationModule, root: Path, batch_size: int, num_workers: int) -> dict:
+def evaluate(
+    module: HarmonizationModule,
+    root: Path,
+    batch_size: int,
+    num_workers: int,
+    datamodule_class: type[IHarmony4DataModule] = IHarmony4DataModule,
+) -> dict:
     """Score a module on the test split with the shared evaluator."""
-    datamodule = IHarmony4DataModule(
+    datamodule = datamodule_class(
         root, image_size=module.inference_size, batch_size=batch_size, num_workers=num_workers, augment=False
     )
     trainer = Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False)
@@ -123,26 +144,30 @@ def _cell(value: float | None, digits: int) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def render_markdown(table: dict[str, dict]) -> str:
+def render_markdown(
+    table: dict[str, dict],
+    subsets: tuple[str, ...] = SUBSETS,
+    paper_numbers: dict[str, dict[str, dict]] = PAPER_NUMBERS,
+) -> str:
     """One line per row and source: PSNR / MSE / fMSE per subset."""
-    header = "| row | source | " + " | ".join(f"{s} PSNR / MSE / fMSE" for s in SUBSETS) + " |"
-    lines = [header, "|" + "---|" * (len(SUBSETS) + 2)]
+    header = "| row | source | " + " | ".join(f"{s} PSNR / MSE / fMSE" for s in subsets) + " |"
+    lines = [header, "|" + "---|" * (len(subsets) + 2)]
     for row, entry in table.items():
         ours = entry["results"]
         cells = [
             f"{_cell(ours[g]['psnr'], 2)} / {_cell(ours[g]['mse'], 2)} / {_cell(ours[g]['fmse'], 2)}"
             if g in ours
             else "–"
-            for g in SUBSETS
+            for g in subsets
         ]
         lines.append(f"| {row} | harmony ({entry['protocol']}) | " + " | ".join(cells) + " |")
         paper_row = row.split(" (")[0]
-        for source, numbers in PAPER_NUMBERS.get(paper_row, {}).items():
+        for source, numbers in paper_numbers.get(paper_row, {}).items():
             if entry["protocol"] == "bcmi" and "bcmi" not in source:
                 continue
             cells = [
                 "{} / {} / {}".format(*(_cell(v, 2) for v in numbers[g])) if g in numbers else "–"
-                for g in SUBSETS
+                for g in subsets
             ]
             lines.append(f"| {row} | {source} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -151,17 +176,31 @@ def render_markdown(table: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Evaluate every available row and write the table."""
     parser = argparse.ArgumentParser(prog="reproduce-table1", description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", type=Path, default=Path("data/iHarmony4"), help="iHarmony4 root")
-    parser.add_argument("--output-dir", type=Path, default=Path("results"), help="where table1.{md,json} go")
+    parser.add_argument(
+        "--dataset",
+        choices=("iharmony4", "rpharmony"),
+        default="iharmony4",
+        help="iHarmony4 beside the papers' Table 1, or RPHarmony beside R2R's Table 2",
+    )
+    parser.add_argument(
+        "--data-root", type=Path, help="the data set root (default: data/iHarmony4, data/RPHarmony)"
+    )
+    parser.add_argument(
+        "--output-dir", type=Path, default=Path("results"), help="where table{1,2}.{md,json} go"
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="evaluation batch size")
     parser.add_argument(
         "--workers", type=int, default=min(4, os.cpu_count() or 1), help="data loading workers"
     )
     parser.add_argument("--rows", nargs="*", help="only these rows (default: every available row)")
     args = parser.parse_args(argv)
+    rpharmony = args.dataset == "rpharmony"
+    datamodule_class = RPHarmonyDataModule if rpharmony else IHarmony4DataModule
+    args.data_root = args.data_root or Path(datamodule_class.default_root)
+    name = "RPHarmony" if rpharmony else "iHarmony4"
     if not args.data_root.is_dir():
         raise HarmonyInputError(
-            args.data_root, "iHarmony4 not found; see data/README.md for where to get it and the layout"
+            args.data_root, f"{name} not found; see data/README.md for where to get it and the layout"
         )
     list_iharmony4(args.data_root, "test")  # fails early, in one line, on a malformed root
 
@@ -176,6 +215,14 @@ def main(argv: list[str] | None = None) -> int:
         if missing := method.missing():
             print(f"{row}: skipped (not present: {', '.join(missing)})", file=sys.stderr)
             continue
+        if rpharmony:
+            method = method.fine_tuned_on_rpharmony()
+            if method is None:
+                print(f"{row}: skipped (its config names its own weights)", file=sys.stderr)
+                continue
+            if missing := method.missing():
+                print(f"{row}: skipped (not present: {', '.join(missing)})", file=sys.stderr)
+                continue
         checkpoint = REPO / method.checkpoint if method.checkpoint else None
         modules[row] = load_method(REPO / method.config, checkpoint)
     table: dict[str, dict] = {}
@@ -185,8 +232,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evaluating {row} …", file=sys.stderr)
         table[row] = {
             "protocol": "iharmony4",
-            "results": evaluate(module, args.data_root, args.batch_size, args.workers),
+            "results": evaluate(module, args.data_root, args.batch_size, args.workers, datamodule_class),
         }
+    if rpharmony:
+        markdown = render_markdown(table, RPHARMONY_SUBSETS, RPHARMONY_PAPER_NUMBERS)
+        save_text(args.output_dir / "table2.md", "# RPHarmony test split (256×256)\n\n" + markdown)
+        save_json(args.output_dir / "table2.json", table)
+        print(markdown)
+        print(f"wrote {args.output_dir / 'table2.md'} and {args.output_dir / 'table2.json'}")
+        return 0
     if not args.rows or "Composite" in args.rows:
         table["Composite (bcmi)"] = {"protocol": "bcmi", "results": score_composites(args.data_root, "bcmi")}
 

@@ -3,8 +3,7 @@
 Every data source that builds composites — the SyntheticHarmony generator
 (:mod:`harmony.data.synthetic`), the dual-stream real composites and retouch pairs
 (:mod:`harmony.data.real_composites`) — and the training-free baselines take these operations from here,
-so each exists once. Random Poisson Blending (R2R's RPHarmony) and the inverse-harmonization generator
-will land here next.
+so each exists once. The inverse-harmonization generator will land here next.
 
 - :mod:`~harmony.data.composites.blending`: soft-mask pasting of ``uint8`` images and of tensors.
 - :mod:`~harmony.data.composites.appearance`: Reinhard colour transfer in Lab (its statistics and their
@@ -16,6 +15,8 @@ will land here next.
 - :mod:`~harmony.data.composites.segments`: object-like foreground masks from an image segmentation.
 - :mod:`~harmony.data.composites.inpainting`: filling the hole an object leaves (OpenCV, LaMa).
 - :mod:`~harmony.data.composites.placement`: fitting a pasted object into another object's box.
+- :mod:`~harmony.data.composites.poisson_blending`: R2R's Random Poisson Blending, which makes the
+  RPHarmony composites (:mod:`harmony.commands.build_rpharmony` builds such a data set).
 """
 
 from harmony.data.composites.appearance import (
@@ -33,6 +34,7 @@ from harmony.data.composites.color_transfer import (
 from harmony.data.composites.global_edits import Edit, random_illumination, random_retouch
 from harmony.data.composites.inpainting import Inpainter, LamaInpainter, OpenCVInpainter, dilate
 from harmony.data.composites.placement import bounding_box, fit_into_box
+from harmony.data.composites.poisson_blending import random_poisson_blending
 from harmony.data.composites.segments import segment_mask
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "fit_into_box",
     "paste_background",
     "random_illumination",
+    "random_poisson_blending",
     "random_retouch",
     "random_shading",
     "reinhard_transfer",
