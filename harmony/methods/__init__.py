@@ -7,9 +7,11 @@ from harmony.methods.base import HarmonizationModule
 from harmony.methods.baselines import Composite, HistogramMatching, ReinhardLabTransfer
 from harmony.methods.diffharmony import DiffHarmony, DiffHarmonyPlusPlus, DiffHarmonyRefinement, HarmonyVAE
 from harmony.methods.latent_diffusion import LatentDiffusionModule
+from harmony.methods.r2r import R2R, ClearVAE
 from harmony.methods.semi_supervised_parametric import SemiSupervisedParametric
 
 __all__ = [
+    "ClearVAE",
     "Composite",
     "DiffHarmony",
     "DiffHarmonyPlusPlus",
@@ -18,6 +20,7 @@ __all__ = [
     "HarmonyVAE",
     "HistogramMatching",
     "LatentDiffusionModule",
+    "R2R",
     "ReinhardLabTransfer",
     "SemiSupervisedParametric",
 ]

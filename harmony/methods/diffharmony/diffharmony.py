@@ -46,8 +46,9 @@ class DiffHarmony(LatentDiffusionModule):
     resizes back and pastes the composite's background. The VAE and the text encoder stay frozen; the
     text encoder is only used once, to compute the empty-prompt embedding.
 
-    Variants plug in at :meth:`sample_timesteps`, :meth:`predict_noise`, :meth:`sampling_hook` and
-    :attr:`latent_decoder` (DiffHarmony++ decodes with its Harmony-VAE).
+    Variants plug in at :meth:`sample_timesteps`, :meth:`predict_noise` (with the method's own condition
+    tensors from :meth:`training_extras` and :meth:`condition`), :meth:`sampling_hook` and
+    :attr:`latent_decoder` (DiffHarmony++ decodes with its Harmony-VAE, R2R adds a ControlNet).
 
     Args:
         unet: The denoising UNet (9 input channels), e.g. ``harmony.nn.latent.build_unet``.
@@ -81,6 +82,9 @@ class DiffHarmony(LatentDiffusionModule):
             total downsampling, 64 for SD); inputs of any size are resized to it and back.
     """
 
+    injected_parts: tuple[str, ...] = ("unet", "vae", "noise_scheduler", "optimizer")
+    """Constructor arguments that are objects, not configuration (see ``save_config_hyperparameters``)."""
+
     def __init__(
         self,
         unet: UNet2DConditionModel,
@@ -104,7 +108,7 @@ class DiffHarmony(LatentDiffusionModule):
         inference_size: int = 1024,
     ) -> None:
         super().__init__(ema_decay, num_samples, seed, compute_lpips, predictions_dir, inference_size)
-        save_config_hyperparameters(self, ("unet", "vae", "noise_scheduler", "optimizer"))
+        save_config_hyperparameters(self, self.injected_parts)
         self.unet = unet
         self.vae = vae.requires_grad_(False)
         self.null_text = NullTextEmbedding(unet.config.cross_attention_dim)
@@ -174,8 +178,17 @@ class DiffHarmony(LatentDiffusionModule):
         timesteps: torch.Tensor,
         mask: torch.Tensor,
         composite_latents: torch.Tensor,
+        extras: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """The UNet's output for (already scaled) noisy latents under the harmonization condition."""
+        """The UNet's output for (already scaled) noisy latents under the harmonization condition.
+
+        Args:
+            latents: ``B×4×h×w`` noisy latents.
+            timesteps: Diffusion timesteps.
+            mask: ``B×1×h×w`` mask on the latent grid.
+            composite_latents: ``B×4×h×w`` latents of the composite.
+            extras: A variant's own condition tensors (e.g. a ControlNet hint); DiffHarmony uses none.
+        """
         text = self.null_text(latents.shape[0]).to(latents.dtype)
         return unet_prediction(self.unet, inpainting_input(latents, mask, composite_latents), timesteps, text)
 
@@ -186,6 +199,10 @@ class DiffHarmony(LatentDiffusionModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch[keys.TARGET].shape[0])
         return loss
 
+    def training_extras(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """A variant's own condition tensors for a training batch (:meth:`predict_noise`'s ``extras``)."""
+        return {}
+
     def training_loss(self, batch: Batch) -> torch.Tensor:
         """The denoising loss of a batch (what :meth:`training_step` logs and returns)."""
         with torch.no_grad():
@@ -195,7 +212,9 @@ class DiffHarmony(LatentDiffusionModule):
         noise = torch.randn_like(latents)
         timesteps = self.sample_timesteps(latents.shape[0])
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        prediction = self.predict_noise(noisy, timesteps, mask, composite_latents)
+        prediction = self.predict_noise(
+            noisy, timesteps, mask, composite_latents, self.training_extras(batch)
+        )
         target = diffusion_target(self.noise_scheduler, latents, noise, timesteps)
         if self.loss_min_foreground is None:
             return F.mse_loss(prediction.float(), target.float())
@@ -225,7 +244,7 @@ class DiffHarmony(LatentDiffusionModule):
         composite_latents, grid_mask = condition.composite_latents, condition.latent_mask
 
         def predict(latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-            return self.predict_noise(latents, timestep, grid_mask, composite_latents)
+            return self.predict_noise(latents, timestep, grid_mask, composite_latents, condition.extras)
 
         latents = sample_latents(
             predict,
