@@ -8,6 +8,11 @@ The background (mask 0) of the output is the composite's, bit for bit. Parametri
 ``--export-curves`` (the curves as JSON) and ``--export-shading`` (the shading multiplier as an 8-bit
 grayscale image, value/255 = gain, already 1 outside the mask). The curves apply to the foreground
 only: use the mask as the adjustment layer's mask.
+
+``--color-transfer hsv`` (or ``hsl``) post-processes any method's output with the colour transfer of Li
+et al. 2023 (:mod:`harmony.postprocess.color_transfer`) at the image's full resolution: the output keeps
+its hue and saturation and takes the composite's V (L) channel, matched to the background's mean and
+standard deviation. The exports describe the method's own adjustments, so they are not combined with it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import importlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
@@ -41,6 +47,7 @@ from harmony.methods.semi_supervised_parametric.rgb_curves import (
     curves_to_json,
     lut_size_is_exact,
 )
+from harmony.postprocess import ColorTransferSpace, make_color_transfer
 
 
 @dataclass
@@ -186,7 +193,7 @@ def run_job(model: HarmonizationModule, job: Job, lut_size: int | None) -> None:
         )
     wants_exports = job.lut is not None or job.curves is not None or job.shading is not None
     if not wants_exports:
-        save_rgb(job.output, model.harmonize_image(composite, mask))
+        save_rgb(job.output, model.postprocess_image(model.harmonize_image(composite, mask), composite, mask))
         return
     adjustments = model.estimate_adjustments(composite, mask)  # type: ignore[operator]
     save_rgb(job.output, model.apply_adjustments(composite, mask, adjustments))  # type: ignore[operator]
@@ -234,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--export-curves", help="write the RGB curves as JSON")
     parser.add_argument("--export-shading", help="write the shading multiplier as a grayscale PNG")
     parser.add_argument(
+        "--color-transfer",
+        choices=get_args(ColorTransferSpace),
+        default="none",
+        help="post-process the output with Li et al. 2023's colour transfer: keep its hue and saturation, "
+        "take the composite's V (hsv) or L (hsl) matched to the background's mean and std (default: none)",
+    )
+    parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the networks run"
     )
     return parser
@@ -244,8 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     jobs = plan_jobs(args)
     model = load_method(args.checkpoint, args.method, resolve_device(args.device))
+    model.output_postprocess = make_color_transfer(args.color_transfer)
     name = type(model).__name__
     if any(job.lut or job.curves or job.shading for job in jobs):
+        if model.output_postprocess is not None:
+            raise HarmonyInputError(
+                None, "--color-transfer changes the output beyond the exported adjustments: export without it"
+            )
         if not hasattr(model, "estimate_adjustments"):
             raise HarmonyInputError(args.checkpoint, f"{name} has no curves or shading map to export")
         if args.export_shading is not None and getattr(model, "shading_net", None) is None:

@@ -22,8 +22,9 @@ from PIL import Image
 
 from harmony.data import types as keys
 from harmony.data.composites import blend
-from harmony.data.io import read_mask, read_rgb, save_rgb
+from harmony.data.io import read_mask, read_rgb, save_rgb, to_chw_tensor
 from harmony.metrics import HarmonizationEvaluator, format_results_table, results_to_json
+from harmony.postprocess import ColorTransfer
 
 Batch = dict[str, Any]
 
@@ -81,6 +82,17 @@ class HarmonizationModule(LightningModule, ABC):
     :class:`~harmony.metrics.HarmonizationEvaluator` (the default ``iharmony4`` protocol) and writes
     ``predict`` outputs as ``<name>.png`` at the composite's original resolution.
 
+    Attributes:
+        output_postprocess: A post-process of every output, measured on its own, e.g. Li et al. 2023's
+            colour transfer (:class:`~harmony.postprocess.ColorTransfer`; set by ``harmony harmonize
+            --color-transfer`` or :class:`~harmony.postprocess.ColorTransferCallback`). ``None``: none.
+            It is applied by :meth:`postprocess_output`: by ``validate``/``test`` at the batch's
+            resolution, by ``predict`` and ``harmony harmonize`` (:meth:`postprocess_image`) at the
+            composite file's resolution, after the method's own full-resolution step (resizing back,
+            or the training-free methods' full-resolution transform), so the lightness a colour transfer
+            takes from the composite keeps the original's detail. :meth:`harmonize` and
+            :meth:`harmonize_image` return the method's own output.
+
     Args:
         compute_lpips: Also report LPIPS at test time (needs the LPIPS/AlexNet weights; when they are
             missing the report says so instead of scoring).
@@ -102,6 +114,7 @@ class HarmonizationModule(LightningModule, ABC):
         self.val_evaluator = HarmonizationEvaluator(protocol="iharmony4")
         self.test_evaluator = HarmonizationEvaluator(protocol="iharmony4", compute_lpips=compute_lpips)
         self.test_results: dict[str, dict[str, float]] = {}
+        self.output_postprocess: ColorTransfer | None = None
 
     @abstractmethod
     def harmonize(self, batch: Batch) -> torch.Tensor:
@@ -115,9 +128,44 @@ class HarmonizationModule(LightningModule, ABC):
             ``B×3×H×W`` images in ``[0, 1]`` at the batch's resolution.
         """
 
+    def postprocess_output(
+        self, output: torch.Tensor, composite: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The outputs after :attr:`output_postprocess` (the outputs themselves when it is ``None``).
+
+        Args:
+            output: ``B×3×H×W`` harmonized images in ``[0, 1]``.
+            composite: ``B×3×H×W`` composites they were made from.
+            mask: ``B×1×H×W`` soft masks.
+        """
+        if self.output_postprocess is None:
+            return output
+        return self.output_postprocess(output, composite, mask)
+
+    @torch.no_grad()
+    def postprocess_image(self, output: np.ndarray, composite: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """:meth:`postprocess_output` of one full-resolution image.
+
+        Args:
+            output: ``H×W×3`` ``uint8`` harmonized image (e.g. from :meth:`harmonize_image`).
+            composite: ``H×W×3`` ``uint8`` composite.
+            mask: ``H×W`` soft mask in ``[0, 1]``.
+
+        Returns:
+            The post-processed ``H×W×3`` ``uint8`` image (``output`` itself without a post-process).
+        """
+        if self.output_postprocess is None:
+            return output
+        images = [
+            to_chw_tensor(image)[None].to(self.device).float().div(255) for image in (output, composite)
+        ]
+        soft = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None].to(self.device)
+        return to_uint8(self.postprocess_output(*images, soft)[0]).permute(1, 2, 0).cpu().numpy()
+
     # --- evaluation -------------------------------------------------------------------------------
     def _evaluate(self, batch: Batch, evaluator: HarmonizationEvaluator) -> torch.Tensor:
         prediction = self.harmonize(batch).float().clamp(0, 1)
+        prediction = self.postprocess_output(prediction, batch[keys.COMPOSITE], batch[keys.MASK])
         eval_target = batch[keys.EVAL_TARGET]
         size = eval_target.shape[-1]
         prediction_eval = resize_uint8_batch(to_uint8(prediction), size, evaluator.protocol.resample)
@@ -175,10 +223,17 @@ class HarmonizationModule(LightningModule, ABC):
 
     # --- prediction -------------------------------------------------------------------------------
     def predict_step(self, batch: Batch, batch_idx: int) -> list[Path]:
-        """Harmonize a batch and write each result as ``<name>.png`` at its original resolution."""
+        """Harmonize a batch and write each result as ``<name>.png`` at its original resolution.
+
+        With an :attr:`output_postprocess`, it is applied to each full-resolution result, with the
+        original composite and mask files.
+        """
         written = []
         outputs = self.predict_original_resolution(batch)
-        for name, output in zip(batch[keys.NAME], outputs, strict=True):
+        files = zip(batch[keys.COMPOSITE_PATH], batch[keys.MASK_PATH], strict=True)
+        for name, output, (composite_path, mask_path) in zip(batch[keys.NAME], outputs, files, strict=True):
+            if self.output_postprocess is not None:
+                output = self.postprocess_image(output, read_rgb(composite_path), read_mask(mask_path))
             path = self.predictions_dir / f"{name}.png"
             save_rgb(path, output)
             written.append(path)

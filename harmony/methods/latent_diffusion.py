@@ -32,7 +32,7 @@ from torch import nn
 
 from harmony.data import types as keys
 from harmony.data.composites import paste_background
-from harmony.data.io import save_rgb
+from harmony.data.io import read_mask, read_rgb, save_rgb
 from harmony.errors import HarmonyInputError
 from harmony.methods.base import Batch, HarmonizationModule
 from harmony.nn.latent import Generators, resize_for_inference, seeded_generators
@@ -272,9 +272,10 @@ class LatentDiffusionModule(HarmonizationModule):
         for k in range(self.num_samples):
             prediction = self.generate(batch, self.seed + k)
             for index, name in enumerate(batch[keys.NAME]):
-                output = self._to_original_resolution(
-                    prediction[index], batch[keys.COMPOSITE_PATH][index], batch[keys.MASK_PATH][index]
-                )
+                composite_path, mask_path = batch[keys.COMPOSITE_PATH][index], batch[keys.MASK_PATH][index]
+                output = self._to_original_resolution(prediction[index], composite_path, mask_path)
+                if self.output_postprocess is not None:
+                    output = self.postprocess_image(output, read_rgb(composite_path), read_mask(mask_path))
                 path = self.predictions_dir / f"{name}_{k}.png"
                 save_rgb(path, output)
                 written.append(path)
