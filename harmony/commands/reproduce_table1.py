@@ -75,6 +75,9 @@ METHOD_ROWS: dict[str, MethodRow] = {
     ),
     # An R2R checkpoint holds every part (stage-1 UNet, Clear-VAE, controller), so it is enough alone.
     "R2R": MethodRow("experiments/r2r.yaml", "checkpoints/r2r.ckpt"),
+    "ClassifierGuidedLDM": MethodRow(
+        "experiments/classifier_guided_ldm.yaml", "checkpoints/classifier_guided_ldm.ckpt"
+    ),
 }
 """Trained methods; a row appears when everything it needs is present (see checkpoints/README.md)."""
 
