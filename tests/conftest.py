@@ -3,8 +3,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tests.fixtures.trees import make_iharmony4_tree
 
@@ -43,3 +45,21 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def repo_root() -> Path:
     """The repository root (tests run inside their own tmp folder)."""
     return REPO_ROOT
+
+
+def write_composite_and_mask(
+    folder: Path, height: int = 45, width: int = 70, seed: int = 1
+) -> tuple[Path, Path, np.ndarray, np.ndarray]:
+    """A random RGB composite and a rectangular mask written as PNGs, for ``harmony harmonize`` tests.
+
+    Returns:
+        The composite's and the mask's paths, and the two arrays (``H×W×3`` and ``H×W`` ``uint8``).
+    """
+    rng = np.random.default_rng(seed)
+    composite = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    mask = np.zeros((height, width), np.uint8)
+    mask[height // 9 : 2 * height // 3, width // 3 : 6 * width // 7] = 255
+    composite_path, mask_path = folder / "c.png", folder / "m.png"
+    Image.fromarray(composite).save(composite_path)
+    Image.fromarray(mask).save(mask_path)
+    return composite_path, mask_path, composite, mask

@@ -17,7 +17,7 @@ from harmony.methods.r2r import R2R, MACABank, MaskAwareChannelAttention
 from harmony.methods.r2r.harmony_controller import canny_edges, controller_hint
 from harmony.methods.r2r.r2r import HINT_KEY
 from harmony.nn.latent import build_controlnet, build_noise_scheduler, build_unet, build_vae, latent_mask
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, write_composite_and_mask
 
 CONFIG = str(REPO_ROOT / "tests" / "configs" / "r2r_iharmony4.yaml")
 
@@ -237,14 +237,9 @@ def trained_r2r(iharmony4_root: Path, tmp_path_factory: pytest.TempPathFactory) 
 def test_harmonize_and_reproduce_table1_with_an_r2r_checkpoint(trained_r2r: Path, tmp_path: Path) -> None:
     from harmony.commands.reproduce_table1 import load_method
 
-    rng = np.random.default_rng(1)
-    composite = rng.integers(0, 256, size=(45, 70, 3), dtype=np.uint8)
-    mask = np.zeros((45, 70), np.uint8)
-    mask[5:30, 20:60] = 255
-    Image.fromarray(composite).save(tmp_path / "c.png")
-    Image.fromarray(mask).save(tmp_path / "m.png")
-    args = ["--checkpoint", str(trained_r2r), "--composite", str(tmp_path / "c.png"), "--mask"]
-    assert main(["harmonize", *args, str(tmp_path / "m.png"), "--output", str(tmp_path / "o.png")]) == 0
+    composite_path, mask_path, composite, mask = write_composite_and_mask(tmp_path)
+    args = ["--checkpoint", str(trained_r2r), "--composite", str(composite_path), "--mask", str(mask_path)]
+    assert main(["harmonize", *args, "--output", str(tmp_path / "o.png")]) == 0
     output = np.asarray(Image.open(tmp_path / "o.png"))
     assert output.shape == composite.shape
     np.testing.assert_array_equal(output[mask == 0], composite[mask == 0])

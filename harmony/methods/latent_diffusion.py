@@ -102,6 +102,22 @@ class LatentDiffusionModule(HarmonizationModule):
         self._ema: EMAModel | None = None
         self._pending_ema_state: dict | None = None
 
+    def check_inference_size(self, grid: int, networks: str) -> None:
+        """Refuse an ``inference_size`` the networks cannot work at.
+
+        Args:
+            grid: The networks' total downsampling (VAE × UNet), which the working size must be a
+                multiple of.
+            networks: What they are, for the message (``this UNet/VAE``).
+
+        Raises:
+            HarmonyInputError: ``inference_size`` is not a multiple of ``grid``.
+        """
+        if self.inference_size % grid:
+            raise HarmonyInputError(
+                None, f"inference_size {self.inference_size} must be a multiple of {grid} for {networks}"
+            )
+
     # --- weights ----------------------------------------------------------------------------------
     def load_pretrained(self) -> None:
         """Load the configured pretrained weights (called once, when a run starts)."""

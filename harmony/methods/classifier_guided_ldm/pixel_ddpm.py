@@ -204,11 +204,7 @@ class ClassifierFreeDDPM(LatentDiffusionModule):
                 f"the U-Net must take {INPUT_CHANNELS} channels (noisy image, composite, mask) and give 3, "
                 f"not {unet.config.in_channels} and {unet.config.out_channels}",
             )
-        grid = 2 ** (len(unet.config.block_out_channels) - 1)
-        if inference_size % grid:
-            raise HarmonyInputError(
-                None, f"inference_size {inference_size} must be a multiple of {grid} for this U-Net"
-            )
+        self.check_inference_size(2 ** (len(unet.config.block_out_channels) - 1), "this U-Net")
         if not 0.0 <= condition_dropout < 1.0:
             raise HarmonyInputError(None, f"condition_dropout must be in [0, 1), got {condition_dropout}")
         self.unet = unet

@@ -12,7 +12,6 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from harmony.data import types as keys
-from harmony.errors import HarmonyInputError
 from harmony.methods.base import Batch, save_config_hyperparameters
 from harmony.methods.latent_diffusion import GenerationCondition, LatentDiffusionModule
 from harmony.nn.latent import (
@@ -124,11 +123,9 @@ class DiffHarmony(LatentDiffusionModule):
         self.loss_min_foreground = loss_min_foreground
         if gradient_checkpointing:
             unet.enable_gradient_checkpointing()
-        grid = vae_scale_factor(vae) * 2 ** (len(unet.config.block_out_channels) - 1)
-        if inference_size % grid:
-            raise HarmonyInputError(
-                None, f"inference_size {inference_size} must be a multiple of {grid} for this UNet/VAE"
-            )
+        self.check_inference_size(
+            vae_scale_factor(vae) * 2 ** (len(unet.config.block_out_channels) - 1), "this UNet/VAE"
+        )
 
     # --- weights ----------------------------------------------------------------------------------
     def load_pretrained(self) -> None:
