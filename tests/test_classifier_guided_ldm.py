@@ -28,7 +28,7 @@ from harmony.nn.latent import (
     sample_latents,
     seeded_generators,
 )
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, write_composite_and_mask
 
 CONFIG = str(REPO_ROOT / "tests" / "configs" / "classifier_guided_ldm_iharmony4.yaml")
 
@@ -179,14 +179,9 @@ def test_harmonize_with_a_checkpoint_at_any_size(iharmony4_root: Path, tmp_path:
     extra = ["--trainer.max_steps=1", "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={run}"]
     assert main(["fit", "--config", CONFIG, f"--data.init_args.root={iharmony4_root}", *extra]) == 0
     (checkpoint,) = (run / "checkpoints").glob("*.ckpt")
-    rng = np.random.default_rng(2)
-    composite = rng.integers(0, 256, size=(50, 77, 3), dtype=np.uint8)
-    mask = np.zeros((50, 77), np.uint8)
-    mask[10:40, 20:60] = 255
-    Image.fromarray(composite).save(tmp_path / "c.png")
-    Image.fromarray(mask).save(tmp_path / "m.png")
-    args = ["--checkpoint", str(checkpoint), "--composite", str(tmp_path / "c.png"), "--mask"]
-    assert main(["harmonize", *args, str(tmp_path / "m.png"), "--output", str(tmp_path / "o.png")]) == 0
+    composite_path, mask_path, composite, mask = write_composite_and_mask(tmp_path, 50, 77, seed=2)
+    args = ["--checkpoint", str(checkpoint), "--composite", str(composite_path), "--mask", str(mask_path)]
+    assert main(["harmonize", *args, "--output", str(tmp_path / "o.png")]) == 0
     output = np.asarray(Image.open(tmp_path / "o.png"))
     assert output.shape == composite.shape
     np.testing.assert_array_equal(output[mask == 0], composite[mask == 0])
@@ -204,3 +199,145 @@ def test_paper_sized_summary(capsys: pytest.CaptureFixture[str]) -> None:
     assert millions["unet"] == 859.52 and millions["vae"] == 83.65
     assert 360 < millions["controlnet"] < 362
     assert counts["trainable"] == counts["children"]["controlnet"]
+
+
+# --- learning on SyntheticHarmony (slow) --------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=False,
+    reason="the colour-transfer claim does not hold on SyntheticHarmony: HSV transfer raises the samples' "
+    "MSE 843 -> 1244 and fMSE 4166 -> 6289 (32 validation composites x 3 seeds, guidance off). It sets the "
+    "foreground's lightness to the composite's matched to the background's mean/std, and a foreground's "
+    "true lightness is not the background's: applied to the real image itself it gives fMSE 1424 (0 "
+    "before), to the Composite 1791 (901 before). The guidance claim holds (s=300, n=4 vs s=0: foreground "
+    "brightness error 1021 -> 675, whole image 722 -> 431).",
+)
+def test_tiny_classifier_guided_ldm_on_synthetic_harmony(tmp_path: Path) -> None:
+    """A tiny stand-in SD + ControlNet trained on SyntheticHarmony (32 px, CPU) checks Li et al.'s claims.
+
+    Recipe: a stand-in pretrained VAE (1500 steps on the training real images and composites, scaling
+    factor 1 / std of its latents), a stand-in Stable Diffusion (the tiny text-to-image UNet trained
+    unconditionally under the zero prompt on the real images' latents, 600 steps, v-prediction: the
+    epsilon target is ill-conditioned for a UNet trained from scratch this briefly), then the ControlNet
+    with that UNet frozen (the module's ``training_step``, 600 steps); scene colour jitter throughout.
+    Claims, on the 32 validation composites at 20 DDIM steps, 3 seeds each: the appearance guidance at
+    the default (s, n) lowers the brightness (grayscale) error of the samples against the real image,
+    over the foreground and the whole image, versus s = 0; the HSV colour transfer lowers the samples'
+    MSE and fMSE (guidance off).
+    """
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+
+    from harmony.data import SyntheticHarmonyDataModule
+    from harmony.data.composites import paste_background
+    from harmony.nn.latent import decode_latents, encode_images
+    from harmony.postprocess import make_color_transfer
+
+    def data(batch_size: int, train: bool) -> SyntheticHarmonyDataModule:
+        return SyntheticHarmonyDataModule(
+            root=tmp_path / "synthetic", seed=0, num_train=480, num_val=32, num_test=8, source_size=32,
+            image_size=32, batch_size=batch_size, augment=train, scene_color_jitter=1.0 if train else 0.0,
+        )  # fmt: skip
+
+    def batches(datamodule: SyntheticHarmonyDataModule):  # noqa: ANN202
+        while True:
+            yield from datamodule.train_dataloader()
+
+    def fit(module: torch.nn.Module, parameters: list, steps: int, loss_of, lr: float, **kw) -> None:  # noqa: ANN001, ANN003
+        optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=kw.get("weight_decay", 1e-2))
+        schedule = kw.get("schedule", lambda o: None)(optimizer)
+        for _ in range(steps):
+            loss = loss_of(next(stream))
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+
+    torch.set_flush_denormal(True)  # denormal weights late in training slow the CPU kernels many times
+    try:
+        train, val = data(8, train=True), data(8, train=False)
+        train.setup("fit")
+        val.setup("fit")
+        stream = batches(train)
+        # 1. The stand-in pretrained VAE.
+        torch.manual_seed(0)
+        vae = build_vae("tiny_text_to_image")
+
+        def vae_loss(batch: dict) -> torch.Tensor:
+            images = torch.cat([batch[keys.TARGET], batch[keys.COMPOSITE]]) * 2 - 1
+            reconstruction = vae.decode(vae.encode(images).latent_dist.sample()).sample
+            return F.l1_loss(reconstruction, images) + F.mse_loss(reconstruction, images)
+
+        one_cycle = lambda o: torch.optim.lr_scheduler.OneCycleLR(o, 1e-3, total_steps=1500, pct_start=0.1)  # noqa: E731
+        fit(vae, list(vae.parameters()), 1500, vae_loss, 1e-3, weight_decay=0.0, schedule=one_cycle)
+        vae.eval().requires_grad_(False)
+        with torch.no_grad():
+            latents = torch.cat(
+                [vae.encode(b[keys.TARGET] * 2 - 1).latent_dist.mode() for b in val.val_dataloader()]
+            )
+        vae.register_to_config(scaling_factor=float(1 / latents.std()))
+        # 2. The stand-in Stable Diffusion: unconditional, zero prompt.
+        noise_scheduler = DDPMScheduler.from_config(
+            build_noise_scheduler("tiny_text_to_image").config, prediction_type="v_prediction"
+        )
+        torch.manual_seed(0)
+        unet = build_unet("tiny_text_to_image")
+        text = torch.zeros(8, 77, unet.config.cross_attention_dim)
+
+        def unet_loss(batch: dict) -> torch.Tensor:
+            with torch.no_grad():
+                clean = encode_images(vae, batch[keys.TARGET]).float()
+            noise, timesteps = torch.randn_like(clean), torch.randint(0, 1000, (clean.shape[0],))
+            noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+            prediction = unet(noisy, timesteps, encoder_hidden_states=text[: clean.shape[0]]).sample
+            return F.mse_loss(prediction, noise_scheduler.get_velocity(clean, noise, timesteps))
+
+        fit(unet, list(unet.parameters()), 600, unet_loss, 2e-3)
+        # 3. The ControlNet on the frozen UNet.
+        torch.manual_seed(0)
+        model = ClassifierGuidedLDM(
+            unet, vae, noise_scheduler, build_controlnet("tiny_text_to_image", conditioning_channels=4),
+            color_transfer="none", inference_size=32, num_inference_steps=20,
+        )  # fmt: skip
+        model.load_pretrained()
+        model.train()
+        fit(model, list(model.controlnet.parameters()), 600, lambda b: model.training_step(b, 0), 1e-3)
+        model.eval()
+    finally:
+        torch.set_flush_denormal(False)
+
+    def measure(guidance_scale: float) -> dict[str, float]:
+        model.guidance_scale = guidance_scale  # the default guidance_copies
+        values: dict[str, list[float]] = {}
+        # Three sampling seeds per composite: one seed's verdict on the foreground can go either way.
+        runs = [(seed, index, batch) for seed in range(3) for index, batch in enumerate(val.val_dataloader())]
+        with torch.no_grad():
+            for seed, index, batch in runs:
+                composite, mask, real = batch[keys.COMPOSITE], batch[keys.MASK], batch[keys.TARGET]
+                generators = seeded_generators(seed + 1000 * index, composite.shape[0])
+                condition = model.condition(batch, generators)
+                sample = decode_latents(vae, model.sample(condition, generators)).float().clamp(0, 1)
+                pixels = mask.sum((1, 2, 3)).clamp_min(1)
+                gray = (grayscale(sample) - grayscale(real)).mul(255).pow(2)
+                per_image = {
+                    "brightness_fg": (gray * mask).sum((1, 2, 3)) / pixels,
+                    "brightness_image": gray.mean((1, 2, 3)),
+                }
+                for space in ("none", "hsv"):
+                    transfer = make_color_transfer(space)
+                    output = sample if transfer is None else transfer(sample, composite, mask)
+                    error = (paste_background(output.clamp(0, 1), composite, mask) - real).mul(255).pow(2)
+                    per_image[f"mse_{space}"] = error.mean((1, 2, 3))
+                    per_image[f"fmse_{space}"] = (error * mask).sum((1, 2, 3)) / (3 * pixels)
+                for name, value in per_image.items():
+                    values.setdefault(name, []).extend(value.tolist())
+        return {name: sum(v) / len(v) for name, v in values.items()}
+
+    default_scale, default_copies = model.guidance_scale, model.guidance_copies
+    plain, guided = measure(0.0), measure(default_scale)
+    print(f"s=0: {plain}\ns={default_scale}, n={default_copies}: {guided}")
+    assert guided["brightness_fg"] < plain["brightness_fg"], (plain, guided)
+    assert guided["brightness_image"] < plain["brightness_image"], (plain, guided)
+    assert plain["mse_hsv"] < plain["mse_none"] and plain["fmse_hsv"] < plain["fmse_none"], plain

@@ -78,7 +78,8 @@ class ClassifierGuidedLDM(LatentDiffusionModule):
         eta: DDIM's η (0: deterministic, as Algorithm 1).
         num_inference_steps: Sampling steps.
         guidance: Apply the appearance-consistency guidance.
-        guidance_scale: ``s``.
+        guidance_scale: ``s``; 300 and ``n`` = 4 were chosen by the sweep in ``README.md`` (tiny model on
+            SyntheticHarmony; the paper gives no values, and at SD-1.5 size they are a starting point).
         guidance_copies: ``n``, noisy copies of the composite per step.
         guidance_region: Where the discriminator looks: ``image``, ``background`` or ``foreground``.
         guidance_decodes: ``noisy_latent`` (Algorithm 1) or ``predicted_original``.
@@ -106,7 +107,7 @@ class ClassifierGuidedLDM(LatentDiffusionModule):
         eta: float = 0.0,
         num_inference_steps: int = 50,
         guidance: bool = True,
-        guidance_scale: float = 0.5,
+        guidance_scale: float = 300.0,
         guidance_copies: int = 4,
         guidance_region: Region = "image",
         guidance_decodes: DecodedLatent = "noisy_latent",
@@ -151,11 +152,9 @@ class ClassifierGuidedLDM(LatentDiffusionModule):
         if gradient_checkpointing:
             unet.enable_gradient_checkpointing()
             controlnet.enable_gradient_checkpointing()
-        grid = vae_scale_factor(vae) * 2 ** (len(unet.config.block_out_channels) - 1)
-        if inference_size % grid:
-            raise HarmonyInputError(
-                None, f"inference_size {inference_size} must be a multiple of {grid} for this UNet/VAE"
-            )
+        self.check_inference_size(
+            vae_scale_factor(vae) * 2 ** (len(unet.config.block_out_channels) - 1), "this UNet/VAE"
+        )
 
     # --- weights ----------------------------------------------------------------------------------
     def load_pretrained(self) -> None:
