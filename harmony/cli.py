@@ -23,6 +23,7 @@ TOOL_COMMANDS: dict[str, tuple[str, str]] = {
         "build a config's model with random weights and count parameters",
     ),
     "check-data": ("harmony.commands.check_data", "check a data set's files, sizes, masks and split counts"),
+    "stats": ("harmony.commands.stats", "foreground-ratio counts per bucket and subset, and their CDF plot"),
     "harmonize": ("harmony.commands.harmonize", "harmonize your own image(s) at any resolution"),
     "build-rpharmony": (
         "harmony.commands.build_rpharmony",

@@ -79,3 +79,17 @@ RPHARMONY_PAPER_NUMBERS: dict[str, dict[str, dict[str, tuple[float | None, float
     "R2R": {"R2R Tab. 2": {"all": (36.32, 40.25, 192.66)}},
 }
 """RPHarmony test-split numbers of R2R Table 2 (PSNR, MSE, fMSE), each method fine-tuned on RPHarmony."""
+
+BUCKET_PAPER_NUMBERS: dict[str, dict[str, dict[str, tuple[float, float]]]] = {
+    "DiffHarmonyPlusPlus": {
+        "DiffHarmony++ Tab. 3": {
+            "fg_0_5": (3.67, 173.40),
+            "fg_5_15": (11.31, 128.27),
+            "fg_15_100": (41.94, 136.67),
+        }
+    },
+}
+"""``{row: {source: {bucket: (mse, fmse)}}}`` on the iHarmony4 test split."""
+
+BUCKET_PAPER_SAMPLES: dict[str, int] = {"fg_0_5": 3835, "fg_5_15": 1951, "fg_15_100": 1618}
+"""DiffHarmony++ Table 3's ``N_samples`` per bucket on the iHarmony4 test split."""
