@@ -6,6 +6,7 @@ import importlib
 import sys
 from collections.abc import Callable
 
+from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
 # Imported so LightningCLI's subclass mode can resolve short class names.
@@ -14,7 +15,6 @@ import harmony.methods  # noqa: E402,F401
 from harmony import __version__
 from harmony.data import HarmonyDataModule  # noqa: E402
 from harmony.errors import HarmonyInputError
-from harmony.methods import HarmonizationModule  # noqa: E402
 
 TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("harmony.commands.score", "score a folder of predictions against an iHarmony4-layout root"),
@@ -28,6 +28,10 @@ TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "build-rpharmony": (
         "harmony.commands.build_rpharmony",
         "make an RPHarmony-style data set from photos with masks (Random Poisson Blending)",
+    ),
+    "classify": (
+        "harmony.commands.classify",
+        "score images with a harmony classifier: the probability each is a composite",
     ),
     "quickstart": (
         "harmony.commands.quickstart",
@@ -44,13 +48,17 @@ LIGHTNING_COMMANDS = {
 
 
 class HarmonyCLI(LightningCLI):
-    """LightningCLI in subclass mode over every harmony method and DataModule."""
+    """LightningCLI in subclass mode over every harmony model and DataModule.
+
+    The model base is ``LightningModule``, not ``HarmonizationModule``, so models that harmonize nothing
+    (:class:`~harmony.methods.diffharmony.HarmonyClassifier`) train and test the same way.
+    """
 
 
 def make_cli(args: list[str], run: bool = True) -> HarmonyCLI:
     """Build the LightningCLI every harmony entry point uses (``run=False``: instantiate only)."""
     return HarmonyCLI(
-        HarmonizationModule,
+        LightningModule,
         HarmonyDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,

@@ -11,15 +11,18 @@
   from its latent with the composite and mask as condition, L1).
 * :mod:`.diffharmony_plusplus` — :class:`DiffHarmonyPlusPlus`: DiffHarmony decoding with a trained
   Harmony-VAE.
+* :mod:`.harmony_classifier` — DiffHarmony++'s :class:`HarmonyClassifier`: composite (1) or real (0),
+  a linear probe on pooled ResNet-50 features; it selects the generated composites of Human Harmony.
 
-All four are :class:`~harmony.methods.latent_diffusion.LatentDiffusionModule` subclasses. Heavy parts are
-injected (built from the presets in ``harmony/configs`` with random weights); the pretrained weights (hub
-id or local folder) are loaded when a run starts and nothing was restored from a checkpoint, so building a
-model never downloads anything.
+The four harmonization stages are :class:`~harmony.methods.latent_diffusion.LatentDiffusionModule`
+subclasses. Heavy parts are injected (built from the presets in ``harmony/configs`` with random weights);
+the pretrained weights (hub id or local folder) are loaded when a run starts and nothing was restored
+from a checkpoint, so building a model never downloads anything (the classifier's ImageNet weights too).
 """
 
 from harmony.methods.diffharmony.diffharmony import DiffHarmony
 from harmony.methods.diffharmony.diffharmony_plusplus import DiffHarmonyPlusPlus
+from harmony.methods.diffharmony.harmony_classifier import HarmonyClassifier
 from harmony.methods.diffharmony.harmony_vae import HarmonyVAE, HarmonyVAEModel
 from harmony.methods.diffharmony.refinement_stage import DiffHarmonyRefinement, RefinementUNet
 
@@ -27,6 +30,7 @@ __all__ = [
     "DiffHarmony",
     "DiffHarmonyPlusPlus",
     "DiffHarmonyRefinement",
+    "HarmonyClassifier",
     "HarmonyVAE",
     "HarmonyVAEModel",
     "RefinementUNet",

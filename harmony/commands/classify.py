@@ -1,0 +1,110 @@
+"""``harmony classify``: score a folder of images with a harmony classifier (DiffHarmony++, Sec. 4.2).
+
+Each image directly inside ``--images`` gets ``p_composite``, the probability that it is a composite
+rather than a real photograph, from a :class:`~harmony.methods.diffharmony.HarmonyClassifier` checkpoint
+written by ``harmony fit``. Images are resized to the classifier's input size with PIL bilinear (as the
+data sets resize files). The scores are written as CSV (``path,p_composite``), all at once when every
+image was scored, so a failed run leaves no half-written file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from harmony.commands.harmonize import resolve_device
+from harmony.data.io import IMAGE_SUFFIXES, atomic_path, list_images, read_rgb, to_chw_tensor
+from harmony.errors import HarmonyInputError
+from harmony.methods.diffharmony import HarmonyClassifier
+
+
+def load_classifier(checkpoint: Path, device: torch.device) -> HarmonyClassifier:
+    """Rebuild a :class:`HarmonyClassifier` from a ``harmony fit`` checkpoint.
+
+    Raises:
+        HarmonyInputError: The file is missing, unreadable, or holds another kind of model.
+    """
+    if not checkpoint.is_file():
+        raise HarmonyInputError(checkpoint, "checkpoint not found")
+    try:
+        # mmap: only the hyper-parameters are read here; the weights are read once, below.
+        header = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is a user error here
+        raise HarmonyInputError(
+            checkpoint, f"cannot read checkpoint ({type(error).__name__}: {error})"
+        ) from None
+    class_path = header.get("hyper_parameters", {}).get("_class_path") if isinstance(header, dict) else None
+    del header
+    if not isinstance(class_path, str):
+        raise HarmonyInputError(
+            checkpoint, "checkpoint does not record the model's configuration (write it with `harmony fit`)"
+        )
+    module_name, _, class_name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name, None) if module_name else None
+    if not (isinstance(cls, type) and issubclass(cls, HarmonyClassifier)):
+        raise HarmonyInputError(checkpoint, f"checkpoint holds a {class_path}, not a HarmonyClassifier")
+    return cls.load_from_checkpoint(checkpoint, map_location=device).to(device).eval()
+
+
+def read_batch(paths: list[Path], size: int) -> torch.Tensor:
+    """Images as one ``B×3×size×size`` batch in ``[0, 1]`` (PIL bilinear resize)."""
+    images = [
+        np.asarray(Image.fromarray(read_rgb(path)).resize((size, size), Image.BILINEAR)) for path in paths
+    ]
+    return torch.stack([to_chw_tensor(image) for image in images]).float().div(255)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="harmony classify",
+        description="Score images with a harmony classifier (DiffHarmony++): the probability that each "
+        "image directly inside --images is a composite rather than a real photograph, written as CSV "
+        "(path,p_composite).",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        type=Path,
+        help="a HarmonyClassifier checkpoint written by `harmony fit`",
+    )
+    parser.add_argument("--images", required=True, type=Path, help="folder of images to score")
+    parser.add_argument(
+        "--output", type=Path, default=Path("scores.csv"), help="CSV to write (default: scores.csv)"
+    )
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the classifier runs"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``harmony classify``; returns the exit status (user errors raise ``HarmonyInputError``)."""
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise HarmonyInputError(None, "--batch-size must be at least 1")
+    paths = list_images(args.images)
+    if not paths:
+        raise HarmonyInputError(args.images, f"no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    model = load_classifier(args.checkpoint, resolve_device(args.device))
+    scores: list[float] = []
+    with tqdm(total=len(paths), desc="classifying", unit="image", file=sys.stderr) as progress:
+        for start in range(0, len(paths), args.batch_size):
+            chunk = paths[start : start + args.batch_size]
+            scores += model.predict_proba(read_batch(chunk, model.image_size)).cpu().tolist()
+            progress.update(len(chunk))
+    with atomic_path(args.output) as temporary, temporary.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "p_composite"])
+        writer.writerows((str(path), f"{score:.6f}") for path, score in zip(paths, scores, strict=True))
+    print(f"wrote {len(paths)} scores to {args.output}")
+    return 0
