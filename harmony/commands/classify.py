@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from harmony.commands.checkpoints import load_checkpoint_model
 from harmony.commands.harmonize import resolve_device
 from harmony.data.io import IMAGE_SUFFIXES, atomic_path, list_images, read_rgb, to_chw_tensor
 from harmony.errors import HarmonyInputError
@@ -32,26 +32,8 @@ def load_classifier(checkpoint: Path, device: torch.device) -> HarmonyClassifier
     Raises:
         HarmonyInputError: The file is missing, unreadable, or holds another kind of model.
     """
-    if not checkpoint.is_file():
-        raise HarmonyInputError(checkpoint, "checkpoint not found")
-    try:
-        # mmap: only the hyper-parameters are read here; the weights are read once, below.
-        header = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is a user error here
-        raise HarmonyInputError(
-            checkpoint, f"cannot read checkpoint ({type(error).__name__}: {error})"
-        ) from None
-    class_path = header.get("hyper_parameters", {}).get("_class_path") if isinstance(header, dict) else None
-    del header
-    if not isinstance(class_path, str):
-        raise HarmonyInputError(
-            checkpoint, "checkpoint does not record the model's configuration (write it with `harmony fit`)"
-        )
-    module_name, _, class_name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name, None) if module_name else None
-    if not (isinstance(cls, type) and issubclass(cls, HarmonyClassifier)):
-        raise HarmonyInputError(checkpoint, f"checkpoint holds a {class_path}, not a HarmonyClassifier")
-    return cls.load_from_checkpoint(checkpoint, map_location=device).to(device).eval()
+    model = load_checkpoint_model(checkpoint, HarmonyClassifier, "a HarmonyClassifier", device)
+    return model  # type: ignore[return-value]
 
 
 def read_batch(paths: list[Path], size: int) -> torch.Tensor:

@@ -18,7 +18,6 @@ standard deviation. The exports describe the method's own adjustments, so they a
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from harmony.commands.checkpoints import load_checkpoint_model
 from harmony.data.io import (
     atomic_path,
     check_same_size,
@@ -96,28 +96,7 @@ def load_method(checkpoint: Path | None, method: str | None, device: torch.devic
             ) from None
         return model.to(device).eval()
     assert checkpoint is not None
-    if not checkpoint.is_file():
-        raise HarmonyInputError(checkpoint, "checkpoint not found")
-    try:
-        # mmap: only the small hyper-parameter dict is read here; the weights are read once, below.
-        header = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is a user error here
-        raise HarmonyInputError(
-            checkpoint, f"cannot read checkpoint ({type(error).__name__}: {error})"
-        ) from None
-    class_path = header.get("hyper_parameters", {}).get("_class_path") if isinstance(header, dict) else None
-    del header
-    if not isinstance(class_path, str):
-        raise HarmonyInputError(
-            checkpoint, "checkpoint does not record the model's configuration (write it with `harmony fit`)"
-        )
-    module_name, _, class_name = class_path.rpartition(".")
-    if not module_name.startswith("harmony."):
-        raise HarmonyInputError(checkpoint, f"checkpoint names {class_path}, which is not a harmony method")
-    cls = getattr(importlib.import_module(module_name), class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, HarmonizationModule)):
-        raise HarmonyInputError(checkpoint, f"checkpoint names {class_path}, which is not a harmony method")
-    return cls.load_from_checkpoint(checkpoint, map_location=device).to(device).eval()
+    return load_checkpoint_model(checkpoint, HarmonizationModule, "a harmony method", device)
 
 
 def read_inputs(composite_path: Path, mask_path: Path | None) -> tuple[np.ndarray, np.ndarray]:
