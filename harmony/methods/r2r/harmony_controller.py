@@ -25,7 +25,9 @@ import numpy as np
 import torch
 from diffusers import ControlNetModel
 
+from harmony.methods.base import to_uint8
 from harmony.methods.r2r.maca import MACABank
+from harmony.nn.latent import resize_for_inference, resize_images
 
 
 def canny_edges(composite: np.ndarray, mask: np.ndarray, low: int = 100, high: int = 200) -> np.ndarray:
@@ -72,10 +74,8 @@ def controller_hint(
     Returns:
         ``B×7×size×size``: ``cat[edges, composite]`` in ``[-1, 1]`` and the binary mask.
     """
-    from harmony.nn.latent import resize_for_inference, resize_images
-
     binary = mask >= 0.5
-    pixels = (composite.detach().float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu()
+    pixels = to_uint8(composite).permute(0, 2, 3, 1).cpu()
     regions = binary[:, 0].cpu().numpy()
     edges = np.stack(
         [canny_edges(image, region, low, high) for image, region in zip(pixels.numpy(), regions, strict=True)]
