@@ -33,6 +33,10 @@ TOOL_COMMANDS: dict[str, tuple[str, str]] = {
         "harmony.commands.classify",
         "score images with a harmony classifier: the probability each is a composite",
     ),
+    "generate-composites": (
+        "harmony.commands.generate_composites",
+        "make K candidate composites per (real image, mask) with an inverse harmonization model",
+    ),
     "quickstart": (
         "harmony.commands.quickstart",
         "train and evaluate a small model offline on synthetic data",

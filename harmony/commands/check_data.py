@@ -54,7 +54,7 @@ def check_record(record: TripletRecord) -> list[str]:
 
 def list_records(dataset: str, root: Path, split: str, args: argparse.Namespace) -> list[TripletRecord]:
     """List a split of a data set layout."""
-    if dataset in ("iharmony4", "rpharmony", "humanharmony"):
+    if dataset in ("iharmony4", "rpharmony", "humanharmony", "generated"):
         return list_iharmony4(root, split)
     folder = root / split if (root / split).is_dir() else root
     return list_matched_folders(
@@ -68,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, required=True, help="the data set root")
     parser.add_argument(
         "--dataset",
-        choices=("iharmony4", "rpharmony", "humanharmony", "folders"),
+        choices=("iharmony4", "rpharmony", "humanharmony", "generated", "folders"),
         default="iharmony4",
-        help="layout: iHarmony4-style list files, or folders matched by stem (RealHM, your own)",
+        help="layout: iHarmony4-style list files (generated: a `harmony generate-composites` tree, no "
+        "official counts), or folders matched by stem (RealHM, your own)",
     )
     parser.add_argument("--split", nargs="+", default=["train", "test"], help="splits to check")
     parser.add_argument("--composite-dir", default="composite", help="folders layout: composites folder")

@@ -76,6 +76,8 @@ class TripletDataset(Dataset):
             keys.MASK_PATH: str(record.mask),
             keys.ORIGINAL_SIZE: torch.tensor(composite.shape[:2]),
         }
+        if record.target is not None:
+            sample[keys.TARGET_PATH] = str(record.target)
         if self.eval_size is not None and target is not None:
             sample[keys.EVAL_COMPOSITE] = to_chw_tensor(resize_rgb(composite, self.eval_size))
             sample[keys.EVAL_TARGET] = to_chw_tensor(resize_rgb(target, self.eval_size))

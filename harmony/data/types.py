@@ -33,8 +33,9 @@ Training samples of the semi-supervised parametric method's second stream also c
 ``real``
     ``float32`` ``3×H×W``: the discriminator's "real" image (Eq. 6), in place of a ground truth.
 
-Samples read from files also carry ``composite_path`` and ``mask_path`` (``str``) and ``original_size``
-(``(H, W)`` of the file, an ``int64`` tensor), so predictions can be written at full resolution.
+Samples read from files also carry ``composite_path`` and ``mask_path`` (``str``), ``target_path`` when
+they have a ground truth, and ``original_size`` (``(H, W)`` of the file, an ``int64`` tensor), so
+predictions can be written at full resolution.
 
 Images are ``[0, 1]`` everywhere; methods that need ``[-1, 1]`` (diffusion VAEs) convert on entry and
 exit. Collated batches have the same keys with a leading batch dimension (strings become lists).
@@ -56,6 +57,7 @@ BACKGROUND: Final = "background"
 REAL: Final = "real"
 COMPOSITE_PATH: Final = "composite_path"
 MASK_PATH: Final = "mask_path"
+TARGET_PATH: Final = "target_path"
 ORIGINAL_SIZE: Final = "original_size"
 
 IHARMONY4_SUBSETS: Final = ("HCOCO", "HAdobe5k", "HFlickr", "Hday2night")

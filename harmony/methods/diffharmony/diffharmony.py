@@ -123,9 +123,12 @@ class DiffHarmony(LatentDiffusionModule):
         self.loss_min_foreground = loss_min_foreground
         if gradient_checkpointing:
             unet.enable_gradient_checkpointing()
-        self.check_inference_size(
-            vae_scale_factor(vae) * 2 ** (len(unet.config.block_out_channels) - 1), "this UNet/VAE"
-        )
+        self.check_inference_size(self.latent_grid, "this UNet/VAE")
+
+    @property
+    def latent_grid(self) -> int:
+        """The VAE's and UNet's total downsampling: every working size must be a multiple of it."""
+        return vae_scale_factor(self.vae) * 2 ** (len(self.unet.config.block_out_channels) - 1)
 
     # --- weights ----------------------------------------------------------------------------------
     def load_pretrained(self) -> None:
