@@ -29,6 +29,10 @@ TOOL_COMMANDS: dict[str, tuple[str, str]] = {
         "harmony.commands.build_rpharmony",
         "make an RPHarmony-style data set from photos with masks (Random Poisson Blending)",
     ),
+    "build-human-harmony": (
+        "harmony.commands.build_human_harmony",
+        "make a Human Harmony-style data set: people photos, inverse model, classifier selection",
+    ),
     "classify": (
         "harmony.commands.classify",
         "score images with a harmony classifier: the probability each is a composite",

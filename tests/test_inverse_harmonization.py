@@ -27,16 +27,6 @@ def _args(config: str, root: Path, *extra: str) -> list[str]:
     return ["--config", config, f"--data.init_args.root={root}", *extra]
 
 
-@pytest.fixture(scope="module")
-def inverse_checkpoint(iharmony4_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny InverseHarmonization trained for one step through ``harmony fit``."""
-    run = tmp_path_factory.mktemp("inverse_run")
-    extra = ["--trainer.max_steps=1", "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0"]
-    assert main(["fit", *_args(INVERSE, iharmony4_root, *extra, f"--trainer.default_root_dir={run}")]) == 0
-    (checkpoint,) = (run / "checkpoints").glob("*.ckpt")
-    return checkpoint
-
-
 def _batch(root: Path, split: str = "test", eval_size: int | None = 16) -> dict:
     dataset = TripletDataset(list_iharmony4(root, split), 32, eval_size=eval_size)
     samples = [dataset[i] for i in range(2)]
@@ -76,7 +66,7 @@ def test_inverse_model_conditions_on_the_real_image_and_denoises_the_composite(i
         return original_encode(images, generator)
 
     model.encode = recording_encode  # type: ignore[method-assign]
-    model.training_loss(model.on_after_batch_transfer(batch, 0))
+    model.training_step(batch, 0)
     # DiffHarmony's training encodes the image to denoise first, then its condition.
     assert torch.equal(encoded[0], batch[keys.COMPOSITE]) and torch.equal(encoded[1], batch[keys.TARGET])
 
@@ -94,7 +84,7 @@ def test_inverse_harmony_vae_reconstructs_the_composite_given_the_real_image(iha
         return forward(images, composite, *rest)
 
     model.harmony_vae.forward = recording_forward  # type: ignore[method-assign]
-    model.training_step(model.on_after_batch_transfer(batch, 0), 0)
+    model.training_step(batch, 0)
     reconstructed, condition = calls[0]
     assert torch.equal(reconstructed, batch[keys.COMPOSITE] * 2 - 1)
     assert torch.equal(condition, batch[keys.TARGET] * 2 - 1)

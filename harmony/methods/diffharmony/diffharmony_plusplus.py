@@ -44,7 +44,7 @@ class DiffHarmonyPlusPlus(DiffHarmony):
         if self.harmony_vae_pretrained:
             load_pretrained_weights(self.harmony_vae, self.harmony_vae_pretrained)
         else:
-            rank_zero_warn("DiffHarmonyPlusPlus: no harmony_vae_pretrained; decoding like the plain VAE")
+            rank_zero_warn(f"{type(self).__name__}: no harmony_vae_pretrained; decoding like the plain VAE")
             self.harmony_vae.initialize_from_vae(self.vae)
 
     @property

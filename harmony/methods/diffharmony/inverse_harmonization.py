@@ -7,8 +7,8 @@ real image and the mask. The outcome is one-to-many — each seed gives another 
 ``harmony generate-composites`` turns a trained model into new training data.
 
 Both modules are the forward ones with :class:`InverseRoles` in front: every batch that has a ground
-truth has its composite and real image (and their evaluation copies and file paths) exchanged as it
-reaches the model, so training, validation, test and prediction on any iHarmony4-layout set run the
+truth has its composite and real image (and their evaluation copies and file paths) exchanged as a step
+receives it, so training, validation, test and prediction on any iHarmony4-layout set run the
 inverse task with no other change. A batch without a ground truth (``harmony predict`` on a folder,
 ``harmony harmonize``) is already the inverse input: its ``composite`` is the real image to turn into a
 composite.
@@ -47,15 +47,27 @@ def swap_roles(batch: Batch) -> Batch:
 
 
 class InverseRoles:
-    """Mixin, listed before a harmonization module: the model sees every batch with its roles swapped.
+    """Mixin, listed before a harmonization module: every step sees its batch with the roles swapped.
 
-    Lightning hands each batch to ``on_after_batch_transfer`` before any step, so one override turns a
-    module's training loss, evaluation and prediction into their inverse.
+    The swap happens in the four step methods rather than in Lightning's batch-transfer hooks, which a
+    DataModule may override (Lightning then ignores the module's).
     """
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Swap the composite and the real image of a batch that has both (:func:`swap_roles`)."""
-        return swap_roles(super().on_after_batch_transfer(batch, dataloader_idx))  # type: ignore[misc]
+    def training_step(self, batch: Batch, batch_idx: int) -> Any:
+        """The base module's training step on the swapped batch."""
+        return super().training_step(swap_roles(batch), batch_idx)  # type: ignore[misc]
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> Any:
+        """The base module's validation step on the swapped batch."""
+        return super().validation_step(swap_roles(batch), batch_idx)  # type: ignore[misc]
+
+    def test_step(self, batch: Batch, batch_idx: int) -> Any:
+        """The base module's test step on the swapped batch."""
+        return super().test_step(swap_roles(batch), batch_idx)  # type: ignore[misc]
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> Any:
+        """The base module's prediction step on the swapped batch."""
+        return super().predict_step(swap_roles(batch), batch_idx)  # type: ignore[misc]
 
 
 class InverseHarmonization(InverseRoles, DiffHarmonyPlusPlus):
