@@ -5,6 +5,9 @@ rather than a real photograph, from a :class:`~harmony.methods.diffharmony.Harmo
 written by ``harmony fit``. Images are resized to the classifier's input size with PIL bilinear (as the
 data sets resize files). The scores are written as CSV (``path,p_composite``), all at once when every
 image was scored, so a failed run leaves no half-written file.
+
+A classifier trained with ``mask_input`` or ``mask_statistics`` also needs each image's foreground mask
+(``--masks``); masks are resized with nearest neighbour and binarised, as the data sets resize them.
 """
 
 from __future__ import annotations
@@ -21,9 +24,19 @@ from tqdm import tqdm
 
 from harmony.commands.checkpoints import load_checkpoint_model
 from harmony.commands.harmonize import resolve_device
-from harmony.data.io import IMAGE_SUFFIXES, atomic_path, list_images, read_rgb, to_chw_tensor
+from harmony.data.io import (
+    IMAGE_SUFFIXES,
+    atomic_path,
+    check_same_size,
+    list_images,
+    open_image,
+    read_mask,
+    read_rgb,
+    to_chw_tensor,
+)
 from harmony.errors import HarmonyInputError
 from harmony.methods.diffharmony import HarmonyClassifier
+from harmony.metrics.protocol import resize_mask
 
 
 def load_classifier(checkpoint: Path, device: torch.device) -> HarmonyClassifier:
@@ -36,12 +49,46 @@ def load_classifier(checkpoint: Path, device: torch.device) -> HarmonyClassifier
     return model  # type: ignore[return-value]
 
 
+def match_masks(images: list[Path], mask_dir: Path) -> list[Path]:
+    """The mask of each image in ``mask_dir``: same stem, else iHarmony4's ``<id>_<m>_<k>`` → ``<id>_<m>``.
+
+    Raises:
+        HarmonyInputError: An image has no mask.
+    """
+    masks = {path.stem: path for path in list_images(mask_dir)}
+    matched = []
+    for image in images:
+        mask = masks.get(image.stem) or masks.get(image.stem.rsplit("_", 1)[0])
+        if mask is None:
+            raise HarmonyInputError(
+                image, f"no mask named {image.stem}.* or {image.stem.rsplit('_', 1)[0]}.* in {mask_dir}"
+            )
+        matched.append(mask)
+    return matched
+
+
 def read_batch(paths: list[Path], size: int) -> torch.Tensor:
     """Images as one ``B×3×size×size`` batch in ``[0, 1]`` (PIL bilinear resize)."""
     images = [
         np.asarray(Image.fromarray(read_rgb(path)).resize((size, size), Image.BILINEAR)) for path in paths
     ]
     return torch.stack([to_chw_tensor(image) for image in images]).float().div(255)
+
+
+def read_mask_batch(image_paths: list[Path], mask_paths: list[Path], size: int) -> torch.Tensor:
+    """The images' masks as one ``B×1×size×size`` batch in ``{0, 1}`` (nearest resize, as the data sets).
+
+    Raises:
+        HarmonyInputError: A mask's size differs from its image's.
+    """
+    masks = []
+    for image_path, mask_path in zip(image_paths, mask_paths, strict=True):
+        mask = read_mask(mask_path)
+        # Upright, as read_batch reads it: a mask must match the image after its EXIF rotation.
+        width, height = open_image(image_path).size
+        check_same_size(image_path, np.empty((height, width)), mask_path, mask)
+        masks.append(torch.from_numpy(resize_mask(mask, size))[None])
+    return torch.stack(masks)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a HarmonyClassifier checkpoint written by `harmony fit`",
     )
     parser.add_argument("--images", required=True, type=Path, help="folder of images to score")
+    parser.add_argument(
+        "--masks",
+        type=Path,
+        help="folder of the images' foreground masks, needed (and only used) when the classifier was "
+        "trained with mask_input or mask_statistics; an image's mask has its file stem, or for "
+        "iHarmony4 names <id>_<m>_<k> the stem <id>_<m>",
+    )
     parser.add_argument(
         "--output", type=Path, default=Path("scores.csv"), help="CSV to write (default: scores.csv)"
     )
@@ -78,12 +132,23 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         raise HarmonyInputError(args.images, f"no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
     model = load_classifier(args.checkpoint, resolve_device(args.device))
+    mask_paths = None
+    if model.takes_masks:
+        if args.masks is None:
+            raise HarmonyInputError(
+                args.checkpoint, "this classifier takes the images' foreground masks: pass --masks DIR"
+            )
+        mask_paths = match_masks(paths, args.masks)
     scores: list[float] = []
     with tqdm(total=len(paths), desc="classifying", unit="image", file=sys.stderr) as progress:
         for start in range(0, len(paths), args.batch_size):
-            chunk = paths[start : start + args.batch_size]
-            scores += model.predict_proba(read_batch(chunk, model.image_size)).cpu().tolist()
-            progress.update(len(chunk))
+            chunk = slice(start, start + args.batch_size)
+            images = read_batch(paths[chunk], model.image_size)
+            masks = None
+            if mask_paths is not None:
+                masks = read_mask_batch(paths[chunk], mask_paths[chunk], model.image_size)
+            scores += model.predict_proba(images, masks).cpu().tolist()
+            progress.update(len(images))
     with atomic_path(args.output) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "p_composite"])
