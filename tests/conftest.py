@@ -41,7 +41,7 @@ def _run_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _fit_tiny(config: str, root: Path, run: Path, steps: int) -> Path:
+def fit_tiny(config: str, root: Path, run: Path, steps: int, *extra: str) -> Path:
     """The checkpoint of ``harmony fit`` of ``tests/configs/<config>`` on ``root`` for ``steps`` steps."""
     from harmony.cli import main
 
@@ -51,7 +51,7 @@ def _fit_tiny(config: str, root: Path, run: Path, steps: int) -> Path:
         "--trainer.limit_val_batches=1",
         "--trainer.num_sanity_val_steps=0",
     ]
-    assert main([*args, f"--trainer.default_root_dir={run}"]) == 0
+    assert main([*args, *extra, f"--trainer.default_root_dir={run}"]) == 0
     (checkpoint,) = (run / "checkpoints").glob("*.ckpt")
     return checkpoint
 
@@ -60,13 +60,13 @@ def _fit_tiny(config: str, root: Path, run: Path, steps: int) -> Path:
 def inverse_checkpoint(iharmony4_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny InverseHarmonization trained for one step."""
     run = tmp_path_factory.mktemp("inverse_run")
-    return _fit_tiny("inverse_harmonization_iharmony4.yaml", iharmony4_root, run, 1)
+    return fit_tiny("inverse_harmonization_iharmony4.yaml", iharmony4_root, run, 1)
 
 
 @pytest.fixture(scope="session")
 def classifier_checkpoint(iharmony4_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny HarmonyClassifier trained for two steps."""
-    return _fit_tiny(
+    return fit_tiny(
         "harmony_classifier_iharmony4.yaml", iharmony4_root, tmp_path_factory.mktemp("classifier"), 2
     )
 

@@ -13,6 +13,7 @@ import harmony.commands.build_human_harmony as builder
 from harmony.cli import main
 from harmony.data import HumanHarmonyDataModule
 from harmony.data.records import list_iharmony4
+from tests.conftest import fit_tiny
 
 
 def _photos(folder: Path) -> tuple[Path, Path, dict[str, np.ndarray]]:
@@ -149,3 +150,26 @@ def test_a_photo_without_parts_file_is_one_clear_line(
     assert _build(images, parts, tmp_path / "out", inverse_checkpoint, classifier_checkpoint) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("harmony: error:") and "ben" in error and "\n" not in error
+
+
+def test_a_mask_aware_classifier_sees_each_candidates_mask(
+    inverse_checkpoint: Path, iharmony4_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mask_options = ["--model.init_args.mask_input=true", "--model.init_args.mask_statistics=true"]
+    mask_options.append("--model.init_args.backbone.init_args.in_channels=4")
+    classifier = fit_tiny(
+        "harmony_classifier_iharmony4.yaml", iharmony4_root, tmp_path / "run", 1, *mask_options
+    )
+    seen: list[np.ndarray] = []
+    read_mask_batch = builder.read_mask_batch
+
+    def recording(images: list[Path], masks: list[Path], size: int) -> object:
+        batch = read_mask_batch(images, masks, size)
+        seen.append(batch.numpy())
+        return batch
+
+    monkeypatch.setattr(builder, "read_mask_batch", recording)
+    images, parts, _ = _photos(tmp_path)
+    assert _build(images, parts, tmp_path / "out", inverse_checkpoint, classifier) == 0
+    assert len(seen) == 3 and all(batch.shape[1:] == (1, 32, 32) for batch in seen)
+    assert all(batch.sum() > 0 for batch in seen)

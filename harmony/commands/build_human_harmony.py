@@ -9,8 +9,9 @@ probability of being a composite). Photos are split at iHarmony4's train/test ra
 composites are test: 10.12 %; the paper's 26,157 / 2,946 is the same ratio). Parts come as one of:
 
 - ``--parts DIR`` with a label map ``<photo stem>.<ext>`` per photo (``--background`` marks the
-  background, 0 by default; any other value, in any channel, is a part), or a folder ``<photo stem>/`` of
-  binary part masks (pixels >= 0.5 are the part);
+  background, 0 by default; any other value, in any channel, is a part; a plain 0/255 mask is one part),
+  or a folder ``<photo stem>/`` of binary part masks (pixels >= 0.5 are the part); ``--parts-suffix _1``
+  reads ``<photo stem>_1.<ext>`` instead (an iHarmony4 ``masks/`` folder);
 - ``--imaterialist-csv train.csv``: iMaterialist's run-length-encoded parts (``ImageId``,
   ``EncodedPixels``, ``Height``, ``Width``; pixels numbered down the columns, from 1).
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import json
 import shutil
 import sys
@@ -48,7 +50,7 @@ from tqdm import tqdm
 
 from harmony import __version__
 from harmony.commands.build_rpharmony import split_photos
-from harmony.commands.classify import load_classifier, read_batch
+from harmony.commands.classify import load_classifier, read_batch, read_mask_batch
 from harmony.commands.generate_composites import Pair, generate_candidates, load_inverse_model
 from harmony.commands.harmonize import resolve_device
 from harmony.data.io import atomic_path, list_images, open_image, read_mask, read_rgb, save_json
@@ -76,15 +78,23 @@ class Photo:
     parts: Path | None = None
 
 
-def list_photos(images: Path, parts: Path | None) -> list[Photo]:
-    """The photos of ``images`` with their label map or part folder in ``parts``, sorted by id."""
+def list_photos(images: Path, parts: Path | None, suffix: str = "") -> list[Photo]:
+    """The photos of ``images`` with their label map or part folder in ``parts``, sorted by id.
+
+    Args:
+        images: Folder of photos.
+        parts: Folder of label maps ``<stem><suffix>.<ext>`` or part folders ``<stem><suffix>/``;
+            ``None`` when the parts come from elsewhere (the iMaterialist CSV).
+        suffix: Text between a photo's stem and its parts' name.
+    """
     photos = []
     for image in list_images(images):
         if parts is None:
             photos.append(Photo(image.stem, image))
             continue
-        folder = parts / image.stem
-        maps = [path for path in parts.glob(f"{image.stem}.*") if path.is_file()]
+        name = f"{image.stem}{suffix}"
+        folder = parts / name
+        maps = [path for path in parts.glob(f"{glob.escape(name)}.*") if path.is_file()]
         if folder.is_dir():
             photos.append(Photo(image.stem, image, folder))
         elif len(maps) == 1:
@@ -188,8 +198,15 @@ def select_candidates(
         paths = [pair.candidate(candidates_root, k) for k in range(count)]
         scores: list[float] = []
         for start in range(0, count, batch_size):
-            images = read_batch(paths[start : start + batch_size], classifier.image_size)
-            scores += classifier.predict_proba(images).cpu().tolist()
+            chunk = paths[start : start + batch_size]
+            images = read_batch(chunk, classifier.image_size)
+            # A mask-aware classifier sees each candidate's mask: the pair's own, for every candidate.
+            masks = (
+                read_mask_batch(chunk, [pair.mask] * len(chunk), classifier.image_size)
+                if classifier.takes_masks
+                else None
+            )
+            scores += classifier.predict_proba(images, masks).cpu().tolist()
         best = int(np.argmax(scores))
         target = subset_dir / "composite_images" / f"{pair.mask_stem}_1.png"
         if not target.is_file():
@@ -225,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     parts = parser.add_mutually_exclusive_group(required=True)
     parts.add_argument("--parts", type=Path, help="label maps <stem>.<ext> or folders <stem>/ of part masks")
     parts.add_argument("--imaterialist-csv", type=Path, help="iMaterialist's train.csv (run-length parts)")
+    parser.add_argument("--parts-suffix", default="", help="parts are named <photo stem><suffix>(.<ext>|/)")
     parser.add_argument("--background", type=int, default=0, help="label-map value of the background")
     parser.add_argument(
         "--inverse-checkpoint", type=Path, required=True, help="InverseHarmonization checkpoint"
@@ -256,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.test_fraction < 1:
         raise HarmonyInputError(None, f"--test-fraction must lie in (0, 1), got {args.test_fraction}")
     rle = read_imaterialist(args.imaterialist_csv) if args.imaterialist_csv is not None else None
-    photos = list_photos(args.images, args.parts)
+    photos = list_photos(args.images, args.parts, args.parts_suffix)
     device = resolve_device(args.device)
     inverse = load_inverse_model(args.inverse_checkpoint, device, args.size, args.steps)
     classifier = load_classifier(args.classifier, device)
