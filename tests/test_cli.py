@@ -16,7 +16,7 @@ from tests.conftest import REPO_ROOT
 EXPERIMENTS = sorted((REPO_ROOT / "experiments").rglob("*.yaml"))
 TEST_CONFIGS = sorted((REPO_ROOT / "tests" / "configs").glob("*.yaml"))
 # Overlays change part of a base config and are given after it (`--config BASE --config OVERLAY`).
-OVERLAY_BASES = {"r2r_rpharmony.yaml": "r2r.yaml"}
+OVERLAY_BASES = {"r2r_rpharmony.yaml": "r2r.yaml", "quickstart_on_human_harmony.yaml": "quickstart.yaml"}
 
 
 def test_python_m_harmony_help_and_version() -> None:

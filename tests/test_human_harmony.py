@@ -13,7 +13,7 @@ import harmony.commands.build_human_harmony as builder
 from harmony.cli import main
 from harmony.data import HumanHarmonyDataModule
 from harmony.data.records import list_iharmony4
-from tests.conftest import fit_tiny
+from tests.conftest import REPO_ROOT, fit_tiny
 
 
 def _photos(folder: Path) -> tuple[Path, Path, dict[str, np.ndarray]]:
@@ -87,6 +87,11 @@ def test_build_human_harmony_makes_a_tree_the_readers_accept(
     data.setup("test")
     assert len(data.datasets["train"]) == 2 and len(data.datasets["test"]) == 1
     assert next(iter(data.train_dataloader()))["composite"].shape == (2, 3, 32, 32)
+
+    # The last link of the chain: a method trains and tests on the new set.
+    config = str(REPO_ROOT / "tests" / "configs" / "semi_supervised_parametric_iharmony4.yaml")
+    data_args = ["--data", "harmony.data.HumanHarmonyDataModule", f"--data.init_args.root={output}"]
+    assert main(["fit", "--config", config, *data_args, "--trainer.fast_dev_run=true"]) == 0
 
 
 def test_an_interrupted_build_resumes_to_the_same_tree(
