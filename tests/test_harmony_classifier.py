@@ -265,7 +265,7 @@ def test_small_classifier_learns_on_synthetic_harmony(tmp_path: Path) -> None:
     0.87, memorising, train 0.90); at 20 epochs 0.90, with the mask channel too 0.90 (seed 1: 0.90). A
     logistic regression on the statistics alone reaches 0.91, on foreground/background means and
     deviations without the boundary rings 0.69. This setting: test AUROC 0.902 (accuracy 0.84-0.85),
-    106 s on one thread beside another CPU job (35 s of it generating the data, 18 s on an idle core).
+    92 s on an idle 2-core machine (18 s of it generating the data).
     """
     started = time.monotonic()
     L.seed_everything(0)
