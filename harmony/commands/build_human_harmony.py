@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
-import json
 import shutil
 import sys
 from collections import defaultdict
@@ -51,7 +50,12 @@ from tqdm import tqdm
 from harmony import __version__
 from harmony.commands.build_rpharmony import split_photos
 from harmony.commands.classify import load_classifier, read_batch, read_mask_batch
-from harmony.commands.generate_composites import Pair, generate_candidates, load_inverse_model
+from harmony.commands.generate_composites import (
+    Pair,
+    check_resumable,
+    generate_candidates,
+    load_inverse_model,
+)
 from harmony.commands.harmonize import resolve_device
 from harmony.data.io import atomic_path, list_images, open_image, read_mask, read_rgb, save_json
 from harmony.errors import HarmonyInputError
@@ -216,25 +220,6 @@ def select_candidates(
     return selection
 
 
-def _check_resumable(output: Path, settings: dict[str, Any]) -> None:
-    manifest_path = output / MANIFEST
-    if not manifest_path.is_file():
-        if output.is_dir() and any(output.iterdir()):
-            raise HarmonyInputError(output, f"not empty and has no {MANIFEST}; choose another --output")
-        return
-    try:
-        previous = json.loads(manifest_path.read_text()).get("settings")
-    except (ValueError, AttributeError) as error:
-        raise HarmonyInputError(manifest_path, f"not a build-human-harmony manifest ({error})") from None
-    if previous != settings:
-        changed = ", ".join(
-            f"{key} {(previous or {}).get(key)!r} -> {value!r}"
-            for key, value in settings.items()
-            if (previous or {}).get(key) != value
-        )
-        raise HarmonyInputError(manifest_path, f"built with other settings ({changed}); use a new --output")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command's argument parser."""
     parser = argparse.ArgumentParser(prog="harmony build-human-harmony", description=__doc__.splitlines()[0])
@@ -290,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         "background": args.background,
         "precision": args.precision,
     }
-    _check_resumable(output, settings)
+    check_resumable(output, settings, MANIFEST, "build-human-harmony")
     manifest: dict[str, Any] = {
         "tool": "harmony build-human-harmony",
         "harmony_version": __version__,

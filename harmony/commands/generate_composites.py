@@ -242,17 +242,26 @@ def write_list(output: Path, split: str, pairs: Sequence[Pair], candidates: int)
     return path
 
 
-def check_resumable(output: Path, settings: dict[str, Any]) -> None:
-    """Refuse an output folder that holds something else, or candidates made with other settings."""
-    manifest_path = output / MANIFEST
+def check_resumable(output: Path, settings: dict[str, Any], manifest: str = MANIFEST, tool: str = "") -> None:
+    """Refuse an output folder that holds something else, or that was made with other settings.
+
+    Args:
+        output: The folder a resumable command writes.
+        settings: This run's settings, compared with the ``settings`` its manifest records.
+        manifest: The manifest's file name inside ``output``.
+        tool: The command, for the message (default: ``generate-composites``).
+    """
+    manifest_path = output / manifest
     if not manifest_path.is_file():
         if output.is_dir() and any(output.iterdir()):
-            raise HarmonyInputError(output, f"not empty and has no {MANIFEST}; choose another --output")
+            raise HarmonyInputError(output, f"not empty and has no {manifest}; choose another --output")
         return
     try:
         previous = json.loads(manifest_path.read_text()).get("settings")
     except (ValueError, AttributeError) as error:
-        raise HarmonyInputError(manifest_path, f"not a generate-composites manifest ({error})") from None
+        raise HarmonyInputError(
+            manifest_path, f"not a {tool or 'generate-composites'} manifest ({error})"
+        ) from None
     if previous != settings:
         changed = ", ".join(
             f"{key} {(previous or {}).get(key)!r} -> {value!r}"
