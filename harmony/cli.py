@@ -41,6 +41,10 @@ TOOL_COMMANDS: dict[str, tuple[str, str]] = {
         "harmony.commands.generate_composites",
         "make K candidate composites per (real image, mask) with an inverse harmonization model",
     ),
+    "import-weights": (
+        "harmony.commands.import_weights",
+        "turn the authors' released weights (DiffHarmony, DiffHarmony++) into a harmony checkpoint",
+    ),
     "quickstart": (
         "harmony.commands.quickstart",
         "train and evaluate a small model offline on synthetic data",

@@ -177,10 +177,18 @@ class HarmonyVAEModel(ModelMixin, ConfigMixin):
         )
 
     @classmethod
+    def config_arguments(cls) -> list[str]:
+        """The constructor arguments it shares with ``AutoencoderKL`` (all but ``mask_channels``)."""
+        return [
+            name
+            for name in inspect.signature(cls.__init__).parameters
+            if name not in ("self", "mask_channels")
+        ]
+
+    @classmethod
     def from_vae(cls, vae: AutoencoderKL) -> HarmonyVAEModel:
         """A Harmony-VAE made from ``vae`` that decodes exactly like it (:meth:`initialize_from_vae`)."""
-        names = set(inspect.signature(cls.__init__).parameters) - {"self", "mask_channels"}
-        model = cls(**{name: vae.config[name] for name in names if name in vae.config})
+        model = cls(**{name: vae.config[name] for name in cls.config_arguments() if name in vae.config})
         model.initialize_from_vae(vae)
         return model
 
