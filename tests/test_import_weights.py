@@ -19,8 +19,10 @@ from harmony.methods.diffharmony.released_weights import (
     load_released_condition_vae,
     release_state_from_harmony_vae,
 )
+from harmony.methods.r2r.clear_vae import ClearVAESkips
+from harmony.methods.r2r.maca import MACABank
 from harmony.methods.semi_supervised_parametric import CurvePredictor, ResNetEncoder
-from harmony.nn.latent import build_vae
+from harmony.nn.latent import build_controlnet, build_unet, build_vae
 from tests.conftest import REPO_ROOT, write_composite_and_mask
 from tests.test_latent import make_tiny_pipeline
 
@@ -152,3 +154,70 @@ def test_pih_curve_network_has_the_resnet50_curve_predictors_names_and_shapes() 
         if name.startswith("PL.")
     }
     assert renamed == {name: list(value.shape) for name, value in predictor.state_dict().items()}
+
+
+def _manifest(name: str) -> dict[str, list[int]]:
+    return json.loads((MANIFESTS / name).read_text())["parameters"]
+
+
+def _shapes(module: torch.nn.Module) -> dict[str, list[int]]:
+    return {name: list(value.shape) for name, value in module.state_dict().items()}
+
+
+def test_r2r_diff_base_unet_converts_with_diffusers_onto_the_inpainting_unet() -> None:
+    """R2R's ``diff-base.ckpt`` (DiffHarmony's UNet in the LDM key format) through diffusers' converter."""
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    with torch.device("meta"):
+        unet = build_unet("sd15_inpainting")
+        released = {name: torch.empty(shape) for name, shape in _manifest("r2r_diff_base_unet.json").items()}
+        converted = convert_ldm_unet_checkpoint(released, dict(unet.config))
+    assert {name: list(value.shape) for name, value in converted.items()} == _shapes(unet)
+
+
+def test_r2r_clear_vae_maps_onto_the_vae_and_the_clear_vae_skips() -> None:
+    """The released ``clear_vae/``: the SD VAE, 12 skip convolutions and 12 Adaptive Filters.
+
+    The filters' fixed kernels are saved in the release (non-trainable parameters); harmony rebuilds them.
+    """
+    released = _manifest("r2r_clear_vae.json")
+    kernels = ("Sobel_x", "Sobel_y", "Laplation", "Edge", "Roberts_x", "Roberts_y", "Sobel_xy", "Sobel_yx")
+    vae_part = {name: shape for name, shape in released.items() if "skip_connect" not in name}
+    vae_part = {name: shape for name, shape in vae_part.items() if not name.startswith("filters.")}
+    skips_part = {}
+    for name, shape in released.items():
+        parts = name.split(".")
+        if "skip_connect" in name:  # decoder.up_blocks.<b>.resnets.<r>.skip_connect.conv.weight
+            skips_part[f"zero_convs.{3 * int(parts[2]) + int(parts[4])}.weight"] = shape
+        elif name.startswith("filters.") and parts[2] not in kernels:
+            skips_part[name] = shape
+    with torch.device("meta"):
+        vae = build_vae("sd15_inpainting")
+        skips = ClearVAESkips()
+    assert vae_part == _shapes(vae)
+    assert skips_part == _shapes(skips)
+
+
+def test_r2r_harmony_controller_maps_onto_the_controlnet_and_maca() -> None:
+    """The released ``controlnet/``: a 7-channel-hint ControlNet with the four MACAs (``PCCAs``) inside.
+
+    One difference: the release's ``conv_in`` takes the 4-channel latent, harmony's ControlNet (made from
+    the 9-channel inpainting UNet's config) 9 channels; neither reads the noisy latents through it
+    (``reads_noisy_latents: false``), so an import keeps harmony's.
+    """
+    released = _manifest("r2r_harmony_controller.json")
+    with torch.device("meta"):
+        controlnet = build_controlnet("sd15_inpainting", conditioning_channels=7)
+    ours = _shapes(controlnet)
+    theirs = {name: shape for name, shape in released.items() if not name.startswith("PCCAs.")}
+    assert theirs.pop("conv_in.weight") == [320, 4, 3, 3] and ours.pop("conv_in.weight") == [320, 9, 3, 3]
+    assert theirs == ours
+    renames = {"conv1": "foreground_conv", "conv2": "background_conv", "mlp": "mlp"}
+    maca = {}
+    for name, shape in released.items():
+        if name.startswith("PCCAs."):
+            _, index, part, rest = name.split(".", 3)
+            maca[f"blocks.{index}.{renames[part]}.{rest}"] = shape
+    with torch.device("meta"):
+        bank = MACABank((320, 640, 1280, 1280))
+    assert maca == _shapes(bank)
