@@ -53,7 +53,9 @@ from harmony.commands.classify import load_classifier, read_batch, read_mask_bat
 from harmony.commands.generate_composites import (
     Pair,
     check_resumable,
+    copy_input,
     generate_candidates,
+    kept_name,
     load_inverse_model,
 )
 from harmony.commands.harmonize import resolve_device
@@ -167,10 +169,7 @@ def union_mask(
 def _prepare(photo: Photo, subset_dir: Path, background: int, rle: dict[str, list] | None) -> Pair | None:
     """Write the photo's copy and union mask (once); ``None`` for a photo without parts."""
     mask_path = subset_dir / "masks" / f"{photo.id}_1.png"
-    suffix = photo.image.suffix.lower()
-    real_path = (
-        subset_dir / "real_images" / f"{photo.id}{suffix if suffix in ('.jpg', '.jpeg', '.png') else '.png'}"
-    )
+    real_path = subset_dir / "real_images" / kept_name(photo.id, photo.image, "real_images")
     if not mask_path.is_file():
         real = read_rgb(photo.image)
         union = union_mask(photo, real.shape[:2], background, rle)
@@ -178,12 +177,7 @@ def _prepare(photo: Photo, subset_dir: Path, background: int, rle: dict[str, lis
             return None
         with atomic_path(mask_path) as temporary:
             Image.fromarray(union.astype(np.uint8) * 255, mode="L").save(temporary, format="PNG")
-    if not real_path.is_file():
-        with atomic_path(real_path) as temporary:
-            if real_path.suffix == suffix:
-                shutil.copyfile(photo.image, temporary)
-            else:
-                Image.fromarray(read_rgb(photo.image)).save(temporary, format="PNG")
+    copy_input(photo.image, real_path, "real_images")
     return Pair(SUBSET, real_path, mask_path, f"{photo.id}_1")
 
 

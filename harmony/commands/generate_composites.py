@@ -93,12 +93,13 @@ class Pair:
     def copies(self, output: Path) -> tuple[Path, Path]:
         """Where the real image and the mask are copied to."""
         return (
-            output / self.subset / "real_images" / _kept_name(self.real_id, self.real, "real_images"),
-            output / self.subset / "masks" / _kept_name(self.mask_stem, self.mask, "masks"),
+            output / self.subset / "real_images" / kept_name(self.real_id, self.real, "real_images"),
+            output / self.subset / "masks" / kept_name(self.mask_stem, self.mask, "masks"),
         )
 
 
-def _kept_name(stem: str, source: Path, folder: str) -> str:
+def kept_name(stem: str, source: Path, folder: str) -> str:
+    """The name ``stem`` gets in ``folder``: the source's suffix where the readers take it, else ``.png``."""
     suffix = source.suffix.lower()
     return f"{stem}{suffix if suffix in KEPT_SUFFIXES[folder] else '.png'}"
 
@@ -139,7 +140,8 @@ def pairs_from_folders(images: Path, masks: Path, subset: str) -> list[Pair]:
     return [pairs[key] for key in sorted(pairs)]
 
 
-def _copy_input(source: Path, destination: Path, folder: str) -> None:
+def copy_input(source: Path, destination: Path, folder: str) -> None:
+    """Copy a real image or mask into the tree once (re-encoded as PNG where its format is not read)."""
     if destination.is_file():
         return
     if source.suffix.lower() in KEPT_SUFFIXES[folder]:
@@ -225,7 +227,7 @@ def generate_candidates(
         for source, destination, folder in zip(
             (pair.real, pair.mask), pair.copies(output), ("real_images", "masks"), strict=True
         ):
-            _copy_input(source, destination, folder)
+            copy_input(source, destination, folder)
     return written
 
 
