@@ -1,15 +1,20 @@
 """``harmony import-weights``: the authors' released weights as a harmony checkpoint.
 
-``harmony import-weights --from diffharmony_plusplus RELEASE --output checkpoints/diffharmony_plusplus.ckpt``
-reads the DiffHarmony release (``RELEASE/base/``, a diffusers inpainting pipeline with the trained UNet,
-and for DiffHarmony++ ``RELEASE/condition_vae/``, the Harmony-VAE), loads every part strictly into the
-method's modules built from its experiment config (``--config``, default ``experiments/<method>.yaml``),
-and writes a checkpoint that ``harmony harmonize``, ``test``, ``predict`` and ``reproduce-table1`` take.
-DiffHarmony++'s Harmony-VAE is also written in harmony's diffusers format beside the checkpoint
-(``<output stem>_harmony_vae/``, the config's ``harmony_vae_pretrained``). How the release's names map
-onto harmony's: :mod:`harmony.methods.diffharmony.released_weights`.
+One command per release (``--config`` picks another experiment config than the method's)::
 
-The other methods' releases (adobe/PIH's ``ckpt_g39.pth``, R2R's) are not importable yet.
+    harmony import-weights --from pih ckpt_g39.pth --output checkpoints/pih.ckpt
+    harmony import-weights --from diffharmony RELEASE/base --output checkpoints/diffharmony.ckpt
+    harmony import-weights --from diffharmony_plusplus RELEASE --output checkpoints/diffharmony_plusplus.ckpt
+    harmony import-weights --from r2r region2region --output checkpoints/r2r.ckpt
+
+Each release is loaded strictly (every parameter of the authors' files has a place in harmony's modules
+and every module parameter a value) into the model built from the method's experiment config, and
+written as a checkpoint that ``harmony harmonize``, ``test``, ``predict`` and ``reproduce-table1`` take.
+Parts that harmony keeps in the diffusers format are also written beside the checkpoint: DiffHarmony++'s
+Harmony-VAE (``<stem>_harmony_vae/``), R2R's Clear-VAE (``<stem>_clear_vae/``) and controller
+(``<stem>_controller/``). How each release's names map onto harmony's:
+:mod:`harmony.methods.diffharmony.released_weights`, :mod:`harmony.methods.r2r.released_weights`,
+:mod:`harmony.methods.semi_supervised_parametric.released_weights`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning
@@ -29,34 +35,49 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 RELEASES = {
     "diffharmony": "experiments/diffharmony.yaml",
     "diffharmony_plusplus": "experiments/diffharmony_plusplus.yaml",
+    "pih": "experiments/semi_supervised_parametric_pih_release.yaml",
+    "r2r": "experiments/r2r.yaml",
 }
 """Importable releases and the experiment config each one's model is built from."""
 
 
-def _release_parts(source: Path, release: str) -> tuple[Path, Path | None]:
-    base = source / "base" if (source / "base").is_dir() else source
-    if not (base / "unet").is_dir():
-        raise HarmonyInputError(source, "not a DiffHarmony release: expected base/unet/ (or unet/) inside")
-    condition_vae = None
-    if release == "diffharmony_plusplus":
-        condition_vae = source / "condition_vae"
-        if not condition_vae.is_dir():
-            raise HarmonyInputError(source, "a DiffHarmony++ release needs condition_vae/ beside base/")
-    return base, condition_vae
-
-
-def _write_harmony_vae(condition_vae: Path, folder: Path) -> None:
-    from harmony.methods.diffharmony.released_weights import load_released_condition_vae
-
-    model = load_released_condition_vae(condition_vae)
+def write_folder(folder: Path, write: Callable[[Path], None]) -> None:
+    """Fill ``folder`` with ``write(staging)`` in a staging folder beside it, then rename it into place."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        model.save_pretrained(staging)
+        write(staging)
         if folder.exists():
             shutil.rmtree(folder)
         staging.rename(folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def build_model(config: Path, overrides: list[str]) -> lightning.LightningModule:
+    """The model of an experiment config with ``--model...`` overrides, its pretrained weights loaded."""
+    from harmony.cli import make_cli
+
+    model = make_cli(["--config", str(config), *overrides, "--trainer.logger=false"], run=False).model
+    load = getattr(model, "load_pretrained", None)
+    if load is not None:
+        load()
+    return model
+
+
+def save_checkpoint(model: lightning.LightningModule, release: str, source: Path, output: Path) -> Path:
+    """Write ``model`` as a Lightning checkpoint that ``load_from_checkpoint`` and the commands read."""
+    checkpoint = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "hparams_name": "kwargs",
+        "pytorch-lightning_version": lightning.__version__,
+        "imported_from": {"release": release, "source": str(source.resolve())},
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(output) as temporary:
+        torch.save(checkpoint, temporary)
+    return output
 
 
 def import_diffharmony(release: str, source: Path, output: Path, config: Path) -> Path:
@@ -65,48 +86,107 @@ def import_diffharmony(release: str, source: Path, output: Path, config: Path) -
     Raises:
         HarmonyInputError: The release is incomplete, or a part does not fit the configured model.
     """
-    from harmony.cli import make_cli
+    from harmony.methods.diffharmony.released_weights import load_released_condition_vae
 
-    base, condition_vae = _release_parts(source, release)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    base = source / "base" if (source / "base").is_dir() else source
+    if not (base / "unet").is_dir():
+        raise HarmonyInputError(source, "not a DiffHarmony release: expected base/unet/ (or unet/) inside")
     overrides = [
         f"--model.init_args.pretrained={base}",
         "--model.init_args.unet_pretrained=null",
         "--model.init_args.vae_pretrained=null",
         "--model.init_args.text_encoder_pretrained=null",
     ]
-    if condition_vae is not None:
+    if release == "diffharmony_plusplus":
+        if not (source / "condition_vae").is_dir():
+            raise HarmonyInputError(source, "a DiffHarmony++ release needs condition_vae/ beside base/")
         harmony_vae = output.with_name(f"{output.stem}_harmony_vae")
-        _write_harmony_vae(condition_vae, harmony_vae)
+        write_folder(harmony_vae, load_released_condition_vae(source / "condition_vae").save_pretrained)
         overrides.append(f"--model.init_args.harmony_vae_pretrained={harmony_vae.resolve()}")
-    cli = make_cli(["--config", str(config), *overrides, "--trainer.logger=false"], run=False)
-    model = cli.model
-    model.load_pretrained()
-    checkpoint = {
-        "state_dict": model.state_dict(),
-        "hyper_parameters": dict(model.hparams),
-        "hparams_name": "kwargs",
-        "pytorch-lightning_version": lightning.__version__,
-        "imported_from": {"release": release, "source": str(source.resolve())},
-    }
-    with atomic_path(output) as temporary:
-        torch.save(checkpoint, temporary)
-    return output
+    return save_checkpoint(build_model(config, overrides), release, source, output)
+
+
+def import_r2r(release: str, source: Path, output: Path, config: Path) -> Path:
+    """Import R2R's release (``stable-diffusion-inpainting/`` and ``clear_vae/``); returns the checkpoint.
+
+    The Clear-VAE and the controller are also written in harmony's format beside the checkpoint
+    (``<stem>_clear_vae/{vae,skips}``, ``<stem>_controller/{controlnet,maca}``).
+
+    Raises:
+        HarmonyInputError: The release is incomplete, or a part does not fit the configured model.
+    """
+    from harmony.methods.r2r.released_weights import load_released_clear_vae, load_released_controller
+
+    pipeline, clear_vae_folder = source / "stable-diffusion-inpainting", source / "clear_vae"
+    for folder in (pipeline / "unet", pipeline / "controlnet", clear_vae_folder):
+        if not folder.is_dir():
+            raise HarmonyInputError(
+                source,
+                f"not an R2R release: no {folder.relative_to(source)}/ "
+                "(expected stable-diffusion-inpainting/ with unet/ and controlnet/, and clear_vae/)",
+            )
+    vae, skips = load_released_clear_vae(clear_vae_folder)
+    controlnet, maca = load_released_controller(pipeline / "controlnet")
+    clear_vae = output.with_name(f"{output.stem}_clear_vae")
+    controller = output.with_name(f"{output.stem}_controller")
+
+    def write_parts(parts: dict[str, torch.nn.Module]) -> Callable[[Path], None]:
+        def write(staging: Path) -> None:
+            for name, module in parts.items():
+                module.save_pretrained(staging / name)
+
+        return write
+
+    write_folder(clear_vae, write_parts({"vae": vae, "skips": skips}))
+    write_folder(controller, write_parts({"controlnet": controlnet, "maca": maca}))
+    overrides = [
+        "--model.init_args.pretrained=null",
+        f"--model.init_args.unet_pretrained={pipeline / 'unet'}",
+        "--model.init_args.vae_pretrained=null",
+        f"--model.init_args.text_encoder_pretrained={pipeline}",
+        "--model.init_args.diffharmony_checkpoint=null",
+        f"--model.init_args.clear_vae_pretrained={clear_vae.resolve()}",
+        f"--model.init_args.controller_pretrained={controller.resolve()}",
+        f"--model.init_args.controlnet.init_args.in_channels={controlnet.config.in_channels}",
+    ]
+    return save_checkpoint(build_model(config, overrides), release, source, output)
+
+
+def import_pih(release: str, source: Path, output: Path, config: Path) -> Path:
+    """Import adobe/PIH's ``ckpt_g39.pth`` into the released-variant model; returns the checkpoint.
+
+    Raises:
+        HarmonyInputError: The file is not a PIH checkpoint or does not fit the configured model.
+    """
+    from harmony.methods.semi_supervised_parametric.released_weights import load_pih_release
+
+    return save_checkpoint(load_pih_release(source, config), release, source, output)
+
+
+IMPORTERS = {
+    "diffharmony": import_diffharmony,
+    "diffharmony_plusplus": import_diffharmony,
+    "pih": import_pih,
+    "r2r": import_r2r,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``harmony import-weights``; returns the exit status."""
     parser = argparse.ArgumentParser(prog="harmony import-weights", description=__doc__.splitlines()[0])
     parser.add_argument("--from", dest="release", required=True, choices=sorted(RELEASES), help="the release")
-    parser.add_argument("source", type=Path, help="the downloaded release folder")
+    parser.add_argument("source", type=Path, help="the downloaded release (folder, or PIH's .pth file)")
     parser.add_argument("--output", type=Path, required=True, help="the harmony checkpoint to write (.ckpt)")
     parser.add_argument("--config", type=Path, help="experiment config of the model (default: the method's)")
     args = parser.parse_args(argv)
-    if not args.source.is_dir():
-        raise HarmonyInputError(args.source, "release folder not found")
+    if not args.source.exists():
+        raise HarmonyInputError(args.source, "release not found")
+    if (args.release == "pih") != args.source.is_file():
+        expected = "a checkpoint file (ckpt_g39.pth)" if args.release == "pih" else "a release folder"
+        raise HarmonyInputError(args.source, f"the {args.release} release is {expected}")
     config = args.config or REPO_ROOT / RELEASES[args.release]
     if not config.is_file():
         raise HarmonyInputError(config, "config not found")
-    written = import_diffharmony(args.release, args.source, args.output, config)
+    written = IMPORTERS[args.release](args.release, args.source, args.output, config)
     print(f"imported the {args.release} release from {args.source} -> {written}")
     return 0

@@ -4,7 +4,9 @@ With ``--dataset rpharmony`` the same rows are scored on an RPHarmony root besid
 (``table2.{md,json}``; the methods' RPHarmony-fine-tuned checkpoints are ``checkpoints/<name>_rpharmony``).
 
 Rows: the Composite and the training-free baselines always; each method whose checkpoint is present
-under ``checkpoints/`` (see checkpoints/README.md). Every row goes through the shared evaluator
+under ``checkpoints/`` (see checkpoints/README.md), and each authors' release imported there with
+``harmony import-weights`` (``pih.ckpt``, ``diffharmony_release.ckpt``, ``diffharmony_plusplus_release.ckpt``,
+``r2r_release.ckpt``). Every row goes through the shared evaluator
 (``iharmony4`` protocol); the Composite is also scored under the ``bcmi`` protocol, which is what
 reproduces the Composite PSNRs printed by Li et al. Writes ``table1.md`` and ``table1.json``;
 ``table1.md`` also has DiffHarmony++ Table 3's layout: MSE / fMSE of every row per foreground-ratio
@@ -50,18 +52,21 @@ class MethodRow:
         checkpoint: A ``harmony fit`` checkpoint whose weights (EMA weights where the method keeps an
             EMA) are loaded into the built model; ``None`` when the config names its weights itself.
         needs: Further files or folders that must exist (weights the config loads when the test starts).
+        released: The checkpoint is an import of the authors' release (``harmony import-weights``); it
+            records the released variant's architecture and is rebuilt from it, not from ``config``.
     """
 
     config: str
     checkpoint: str | None = None
     needs: tuple[str, ...] = ()
+    released: bool = False
 
     def fine_tuned_on_rpharmony(self) -> MethodRow | None:
         """The row with its RPHarmony-fine-tuned checkpoint (``<name>_rpharmony.ckpt`` beside the original).
 
         ``None`` for a row whose config names its weights itself (it has no checkpoint to swap).
         """
-        if self.checkpoint is None:
+        if self.checkpoint is None or self.released:
             return None
         file = Path(self.checkpoint)
         return MethodRow(self.config, str(file.with_name(f"{file.stem}_rpharmony{file.suffix}")), self.needs)
@@ -88,6 +93,21 @@ METHOD_ROWS: dict[str, MethodRow] = {
     "ClassifierGuidedLDM": MethodRow(
         "experiments/classifier_guided_ldm.yaml", "checkpoints/classifier_guided_ldm.ckpt"
     ),
+    # The authors' releases, imported with `harmony import-weights --from <release> ... --output <file>`.
+    "SemiSupervisedParametric (authors' weights)": MethodRow(
+        "experiments/semi_supervised_parametric_pih_release.yaml", "checkpoints/pih.ckpt", released=True
+    ),
+    "DiffHarmony (authors' weights)": MethodRow(
+        "experiments/diffharmony.yaml", "checkpoints/diffharmony_release.ckpt", released=True
+    ),
+    "DiffHarmonyPlusPlus (authors' weights)": MethodRow(
+        "experiments/diffharmony_plusplus.yaml",
+        "checkpoints/diffharmony_plusplus_release.ckpt",
+        released=True,
+    ),
+    "R2R (authors' weights)": MethodRow(
+        "experiments/r2r.yaml", "checkpoints/r2r_release.ckpt", released=True
+    ),
 }
 """Trained methods; a row appears when everything it needs is present (see checkpoints/README.md)."""
 
@@ -109,6 +129,16 @@ def load_method(config: Path, checkpoint: Path | None) -> HarmonizationModule:
             raise HarmonyInputError(checkpoint, "not a Lightning checkpoint (no state_dict)")
         model.on_load_checkpoint(state)
         model.load_state_dict(state["state_dict"])
+    return model  # type: ignore[return-value]
+
+
+def load_imported(checkpoint: Path) -> HarmonizationModule:
+    """An imported release's model, rebuilt from the architecture its checkpoint records."""
+    import torch
+
+    from harmony.commands.checkpoints import load_checkpoint_model
+
+    model = load_checkpoint_model(checkpoint, HarmonizationModule, "a harmony method", torch.device("cpu"))
     return model  # type: ignore[return-value]
 
 
@@ -268,7 +298,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{row}: skipped (not present: {', '.join(missing)})", file=sys.stderr)
                 continue
         checkpoint = REPO / method.checkpoint if method.checkpoint else None
-        modules[row] = load_method(REPO / method.config, checkpoint)
+        if method.released and checkpoint is not None:
+            modules[row] = load_imported(checkpoint)
+        else:
+            modules[row] = load_method(REPO / method.config, checkpoint)
     table: dict[str, dict] = {}
     for row, module in modules.items():
         if args.rows and row not in args.rows:

@@ -135,6 +135,12 @@ class R2R(DiffHarmony):
             raise HarmonyInputError(
                 None, f"low_timestep_probability must be in [0, 1], got {low_timestep_probability}"
             )
+        if reads_noisy_latents and controlnet.config.in_channels != unet.config.in_channels:
+            raise HarmonyInputError(
+                None,
+                f"reads_noisy_latents needs a ControlNet taking the UNet's {unet.config.in_channels} input "
+                f"channels, not {controlnet.config.in_channels}",
+            )
         self.unet.requires_grad_(False)
         self.controlnet = controlnet
         self.maca = MACABank.from_controlnet(controlnet, maca_pooling) if use_maca else None

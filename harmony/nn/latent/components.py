@@ -90,7 +90,9 @@ def build_noise_scheduler(config: str = "sd15_inpainting") -> DDPMScheduler:
     return DDPMScheduler.from_config(DDPMScheduler.load_config(component_config_path(config, "scheduler")))
 
 
-def build_controlnet(config: str = "sd15_inpainting", conditioning_channels: int = 3) -> ControlNetModel:
+def build_controlnet(
+    config: str = "sd15_inpainting", conditioning_channels: int = 3, in_channels: int | None = None
+) -> ControlNetModel:
     """Build a ControlNet with random weights: a trainable copy of a UNet's encoder plus a hint encoder.
 
     The architecture is the UNet config's (same input channels, blocks and attention); the hint
@@ -103,6 +105,8 @@ def build_controlnet(config: str = "sd15_inpainting", conditioning_channels: int
         config: Preset name or a local pipeline folder (its ``unet/`` config, and ``controlnet/`` if any).
             ``sd15_inpainting`` with a 7-channel hint is R2R's Harmony Controller size (361.29M).
         conditioning_channels: Channels of the pixel-resolution hint image.
+        in_channels: Channels of its latent input ``conv_in`` (default: the UNet's). R2R's release has 4
+            where its UNet has 9; a controller that does not read the noisy latents never uses it.
     """
     accepted = set(inspect.signature(ControlNetModel.__init__).parameters) - {"self"}
     unet_config = UNet2DConditionModel.load_config(component_config_path(config, "unet"))
@@ -113,6 +117,8 @@ def build_controlnet(config: str = "sd15_inpainting", conditioning_channels: int
         controlnet_config = {}
     options.update({key: value for key, value in controlnet_config.items() if key in accepted})
     options["conditioning_channels"] = conditioning_channels
+    if in_channels is not None:
+        options["in_channels"] = in_channels
     return ControlNetModel.from_config(options)
 
 
