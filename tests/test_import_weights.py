@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from diffusers import UNet2DConditionModel
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -215,6 +216,58 @@ def _with_real_kernels(manifest: dict[str, list[int]]) -> dict[str, torch.Tensor
         else:
             state[name] = torch.empty(shape, device="meta")
     return state
+
+
+def _ldm_names_for_diffusers_names() -> dict[str, str]:
+    """diffusers name → LDM name of the SD-1.x inpainting UNet, read off diffusers' converter itself."""
+    ldm_names = list(_manifest("r2r_diff_base_unet.json"))
+    markers = {name: torch.tensor([float(index)]) for index, name in enumerate(ldm_names)}
+    with torch.device("meta"):
+        config = dict(build_unet("sd15_inpainting").config)
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    converted = convert_ldm_unet_checkpoint(markers, config)
+    return {name: ldm_names[int(marker.item())] for name, marker in converted.items()}
+
+
+def test_import_r2r_diff_base_as_a_diffharmony_checkpoint_then_harmonize(tmp_path: Path) -> None:
+    """``diff-base.ckpt`` in the LDM format, here for an SD-structured UNet of small widths (same names)."""
+    folder = tmp_path / "narrow_sd15_unet"
+    config = UNet2DConditionModel.load_config(REPO_ROOT / "harmony" / "configs" / "sd15_inpainting" / "unet")
+    config |= {"block_out_channels": [32, 64, 64, 64], "cross_attention_dim": 32, "sample_size": 4}
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(5)
+    unet = _perturbed(build_unet(str(folder)))
+    ldm_names = _ldm_names_for_diffusers_names()
+    released = {ldm_names[name]: value for name, value in unet.state_dict().items()}
+    released["first_stage_model.decoder.conv_out.bias"] = torch.zeros(3)  # other parts are ignored
+    torch.save({"state_dict": released}, tmp_path / "diff-base.ckpt")
+    experiment = yaml.safe_load((REPO_ROOT / "tests" / "configs" / "diffharmony_iharmony4.yaml").read_text())
+    experiment["model"]["init_args"]["unet"]["init_args"]["config"] = str(folder)
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(experiment))
+
+    checkpoint = tmp_path / "checkpoints" / "diffharmony_r2r.ckpt"
+    command = ["import-weights", "--from", "r2r_diff_base", str(tmp_path / "diff-base.ckpt")]
+    assert main([*command, "--output", str(checkpoint), "--config", str(tmp_path / "experiment.yaml")]) == 0
+    model = DiffHarmony.load_from_checkpoint(checkpoint, map_location="cpu")
+    for name, value in unet.state_dict().items():
+        assert torch.equal(model.unet.state_dict()[name], value), name
+    exported = UNet2DConditionModel.from_pretrained(tmp_path / "checkpoints" / "diffharmony_r2r_unet")
+    assert all(torch.equal(exported.state_dict()[name], value) for name, value in unet.state_dict().items())
+
+    composite_path, mask_path, composite, mask = write_composite_and_mask(tmp_path)
+    output = tmp_path / "harmonized.png"
+    harmonize = ["harmonize", "--checkpoint", str(checkpoint), "--composite", str(composite_path)]
+    assert main([*harmonize, "--mask", str(mask_path), "--output", str(output), "--device", "cpu"]) == 0
+    result = np.asarray(Image.open(output).convert("RGB"))
+    np.testing.assert_array_equal(result[mask == 0], composite[mask == 0])
+
+    released.pop(ldm_names["conv_in.weight"])
+    torch.save({"state_dict": released}, tmp_path / "diff-base.ckpt")
+    broken = tmp_path / "broken.ckpt"
+    assert main([*command, "--output", str(broken), "--config", str(tmp_path / "experiment.yaml")]) == 2
+    assert not broken.exists()
 
 
 def test_r2r_clear_vae_maps_onto_the_vae_and_the_clear_vae_skips() -> None:

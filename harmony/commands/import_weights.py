@@ -6,6 +6,7 @@ One command per release (``--config`` picks another experiment config than the m
     harmony import-weights --from diffharmony RELEASE/base --output checkpoints/diffharmony.ckpt
     harmony import-weights --from diffharmony_plusplus RELEASE --output checkpoints/diffharmony_plusplus.ckpt
     harmony import-weights --from r2r region2region --output checkpoints/r2r.ckpt
+    harmony import-weights --from r2r_diff_base diff-base.ckpt --output checkpoints/diffharmony_r2r.ckpt
 
 Each release is loaded strictly (every parameter of the authors' files has a place in harmony's modules
 and every module parameter a value) into the model built from the method's experiment config, and
@@ -37,8 +38,12 @@ RELEASES = {
     "diffharmony_plusplus": "experiments/diffharmony_plusplus.yaml",
     "pih": "experiments/semi_supervised_parametric_pih_release.yaml",
     "r2r": "experiments/r2r.yaml",
+    "r2r_diff_base": "experiments/diffharmony.yaml",
 }
 """Importable releases and the experiment config each one's model is built from."""
+
+SINGLE_FILE_RELEASES = {"pih": "ckpt_g39.pth", "r2r_diff_base": "diff-base.ckpt"}
+"""Releases that are one file (the others are folders), with the file's released name."""
 
 
 def write_folder(folder: Path, write: Callable[[Path], None]) -> None:
@@ -54,14 +59,13 @@ def write_folder(folder: Path, write: Callable[[Path], None]) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def build_model(config: Path, overrides: list[str]) -> lightning.LightningModule:
-    """The model of an experiment config with ``--model...`` overrides, its pretrained weights loaded."""
+def build_model(config: Path, overrides: list[str], load: bool = True) -> lightning.LightningModule:
+    """The model of an experiment config with ``--model...`` overrides (its pretrained weights loaded)."""
     from harmony.cli import make_cli
 
     model = make_cli(["--config", str(config), *overrides, "--trainer.logger=false"], run=False).model
-    load = getattr(model, "load_pretrained", None)
-    if load is not None:
-        load()
+    if load and hasattr(model, "load_pretrained"):
+        model.load_pretrained()
     return model
 
 
@@ -152,6 +156,43 @@ def import_r2r(release: str, source: Path, output: Path, config: Path) -> Path:
     return save_checkpoint(build_model(config, overrides), release, source, output)
 
 
+def import_r2r_diff_base(release: str, source: Path, output: Path, config: Path) -> Path:
+    """Import R2R's ``diff-base.ckpt`` (DiffHarmony's UNet, LDM names) as a DiffHarmony checkpoint.
+
+    The UNet is renamed by diffusers' own converter (``convert_ldm_unet_checkpoint``) and loaded strictly;
+    the VAE and text encoder are the config's pipeline's (``pretrained``). The UNet is also written as a
+    diffusers folder, ``<stem>_unet/``, R2R's ``unet_pretrained``.
+
+    Raises:
+        HarmonyInputError: The file is unreadable, holds no LDM UNet, or its UNet does not fit.
+    """
+    from diffusers.loaders.single_file_utils import LDM_UNET_KEY, convert_ldm_unet_checkpoint
+
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is a user error here
+        raise HarmonyInputError(source, f"cannot read checkpoint ({type(error).__name__}: {error})") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else {}
+    unet_state = {name: value for name, value in state.items() if name.startswith(LDM_UNET_KEY)}
+    if not unet_state:
+        raise HarmonyInputError(source, f"holds no LDM UNet (no {LDM_UNET_KEY}* weights)")
+    unet_folder = output.with_name(f"{output.stem}_unet")
+    model = build_model(config, [f"--model.init_args.unet_pretrained={unet_folder.resolve()}"], load=False)
+    converted = convert_ldm_unet_checkpoint(unet_state, dict(model.unet.config))
+    try:
+        model.unet.load_state_dict(converted, strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise HarmonyInputError(source, f"its UNet does not fit the configured one ({first})") from None
+    if len(converted) != len(unet_state):
+        raise HarmonyInputError(
+            source, f"{len(unet_state) - len(converted)} UNet weights have no diffusers name"
+        )
+    write_folder(unet_folder, model.unet.save_pretrained)
+    model.load_pretrained()
+    return save_checkpoint(model, release, source, output)
+
+
 def import_pih(release: str, source: Path, output: Path, config: Path) -> Path:
     """Import adobe/PIH's ``ckpt_g39.pth`` into the released-variant model; returns the checkpoint.
 
@@ -168,6 +209,7 @@ IMPORTERS = {
     "diffharmony_plusplus": import_diffharmony,
     "pih": import_pih,
     "r2r": import_r2r,
+    "r2r_diff_base": import_r2r_diff_base,
 }
 
 
@@ -181,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.source.exists():
         raise HarmonyInputError(args.source, "release not found")
-    if (args.release == "pih") != args.source.is_file():
-        expected = "a checkpoint file (ckpt_g39.pth)" if args.release == "pih" else "a release folder"
+    single_file = args.release in SINGLE_FILE_RELEASES
+    if single_file != args.source.is_file():
+        expected = f"the file {SINGLE_FILE_RELEASES[args.release]}" if single_file else "a release folder"
         raise HarmonyInputError(args.source, f"the {args.release} release is {expected}")
     config = args.config or REPO_ROOT / RELEASES[args.release]
     if not config.is_file():
