@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +99,21 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
     save_rgb(target, _gradient())
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(target.read_bytes()))), _gradient())
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_and_folders_get_the_umask_permissions(umask: int, tmp_path: Path) -> None:
+    """Not the private 0o600 / 0o700 of the temporary names they are written under."""
+    from harmony.commands.import_weights import write_folder
+    from harmony.data.io import save_json
+
+    previous = os.umask(umask)
+    try:
+        save_rgb(tmp_path / "image.png", _gradient())
+        save_json(tmp_path / "metrics.json", {"mse": 1.0})
+        write_folder(tmp_path / "folder", lambda staging: (staging / "config.json").write_text("{}"))
+    finally:
+        os.umask(previous)
+    for name in ("image.png", "metrics.json", "folder/config.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
+    assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o777 & ~umask

@@ -29,7 +29,7 @@ from pathlib import Path
 import lightning
 import torch
 
-from harmony.data.io import atomic_path
+from harmony.data.io import atomic_path, usual_mode
 from harmony.errors import HarmonyInputError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +50,7 @@ def write_folder(folder: Path, write: Callable[[Path], None]) -> None:
     """Fill ``folder`` with ``write(staging)`` in a staging folder beside it, then rename it into place."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    staging.chmod(usual_mode(directory=True))
     try:
         write(staging)
         if folder.exists():

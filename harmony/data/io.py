@@ -185,17 +185,26 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
+def usual_mode(directory: bool = False) -> int:
+    """The permissions a new file (or folder) gets from ``open``/``mkdir``: 0o666 (0o777) less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
 
-    Nothing half-written is ever left at ``path``; the temporary file is removed on failure.
+    Nothing half-written is ever left at ``path``; the temporary file is removed on failure. The file
+    gets the usual permissions (the umask's), not the temporary file's private 0o600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(handle)
     temporary_path = Path(temporary)
+    temporary_path.chmod(usual_mode())
     try:
         yield temporary_path
         os.replace(temporary_path, path)

@@ -60,6 +60,7 @@ from harmony.data.composites import (
     random_shading,
     segment_mask,
 )
+from harmony.data.io import usual_mode
 from harmony.errors import HarmonyInputError
 
 GENERATOR_VERSION: Final = 3
@@ -188,6 +189,7 @@ def generate_synthetic_harmony(
     _check_replaceable(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    staging.chmod(usual_mode(directory=True))
     try:
         _write_tree(staging, args, show_progress)
         _swap_into_place(staging, root, args)
