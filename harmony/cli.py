@@ -43,7 +43,7 @@ TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "import-weights": (
         "harmony.commands.import_weights",
-        "turn the authors' released weights (DiffHarmony, DiffHarmony++) into a harmony checkpoint",
+        "turn the authors' released weights (PIH, DiffHarmony, DiffHarmony++, R2R) into a harmony checkpoint",
     ),
     "quickstart": (
         "harmony.commands.quickstart",

@@ -33,7 +33,6 @@ from harmony.methods.r2r.released_weights import (
     release_state_from_clear_vae,
     release_state_from_controller,
 )
-from harmony.methods.semi_supervised_parametric import CurvePredictor, ResNetEncoder
 from harmony.nn.latent import build_controlnet, build_unet, build_vae
 from tests.conftest import REPO_ROOT, write_composite_and_mask
 from tests.test_latent import make_tiny_pipeline
@@ -146,26 +145,6 @@ def test_import_diffharmony_loads_the_released_unet_and_vae(tmp_path: Path) -> N
         for name, value in released.items():
             assert torch.equal(getattr(model, part).state_dict()[name], value), f"{part}.{name}"
     assert not list(tmp_path.glob("diffharmony_harmony_vae"))  # DiffHarmony has no Harmony-VAE
-
-
-def test_pih_curve_network_has_the_resnet50_curve_predictors_names_and_shapes() -> None:
-    """adobe/PIH's ``PL`` (``ckpt_g39.pth``) is the dual-stream config's curve predictor, name for name.
-
-    Its shading network (``gainnet``, PIH's ``UNet_mask``) is another architecture than the paper-sized
-    ``ShadingUNet``, and its curves are absolute sigmoid outputs at LUT-cell centres: importing the
-    release needs a released-variant shading net and curve option first (issue 15).
-    """
-    manifest = json.loads((MANIFESTS / "pih_ckpt_g39.json").read_text())["parameters"]
-    with torch.device("meta"):
-        predictor = CurvePredictor(ResNetEncoder(arch="resnet50", in_channels=7, weights=False), num_knots=32)
-    renamed = {
-        name.replace("PL.fc.", "head.", 1)
-        if name.startswith("PL.fc.")
-        else "encoder.trunk." + name[3:]: shape
-        for name, shape in manifest.items()
-        if name.startswith("PL.")
-    }
-    assert renamed == {name: list(value.shape) for name, value in predictor.state_dict().items()}
 
 
 def _manifest(name: str) -> dict[str, list[int]]:

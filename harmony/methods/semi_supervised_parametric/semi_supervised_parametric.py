@@ -88,8 +88,16 @@ class SemiSupervisedParametric(HarmonizationModule):
         discriminator_scheduler: Learning-rate schedule of the discriminator, stepped once per epoch.
         low_resolution: Side length of the square copy the networks see (512 in the paper).
         use_background_input: Also feed the background image. The paper's iHarmony4 comparison passes
-            only the composite and the mask. Without an explicit background in the batch it is the
-            composite with the foreground zeroed.
+            only the composite and the mask. Without an explicit background in the batch it is
+            ``missing_background``.
+        missing_background: The background the networks see when the batch has none (iHarmony4,
+            ``harmony harmonize``): ``masked_composite``, the composite with the foreground zeroed, or
+            ``composite``, the composite itself. The release was trained with inpainted backgrounds and its
+            ``inference.py`` takes the background photo, neither of which a composite and a mask give;
+            ``composite`` at least keeps the image free of the black hole it never saw.
+        shading_input: The stage-t1 image the shading net sees: ``curved``, the curves applied to the
+            whole composite, or the release's ``curved_over_background``, the curved composite inside
+            the mask over the background input outside it (needs ``use_background_input``).
         reconstruction_weight: λ of Eq. 2: the supervised loss is λ·L1 + (1−λ)·L_G and the
             unsupervised one (1−λ)·L_G.
         brightness_jitter: The supervised stream's composite foreground is multiplied by a random
@@ -116,6 +124,8 @@ class SemiSupervisedParametric(HarmonizationModule):
         discriminator_scheduler: LRSchedulerCallable | None = None,
         low_resolution: int = 512,
         use_background_input: bool = True,
+        missing_background: Literal["masked_composite", "composite"] = "masked_composite",
+        shading_input: Literal["curved", "curved_over_background"] = "curved",
         reconstruction_weight: float = 0.92,
         brightness_jitter: float = 0.35,
         reconstruction_loss: Literal["l1", "foreground_mse"] = "l1",
@@ -137,6 +147,18 @@ class SemiSupervisedParametric(HarmonizationModule):
         self.discriminator_scheduler = discriminator_scheduler
         self.low_resolution = low_resolution
         self.use_background_input = use_background_input
+        if missing_background not in ("masked_composite", "composite"):
+            raise ValueError(
+                f"missing_background must be 'masked_composite' or 'composite', got {missing_background!r}"
+            )
+        self.missing_background = missing_background
+        if shading_input not in ("curved", "curved_over_background"):
+            raise ValueError(
+                f"shading_input must be 'curved' or 'curved_over_background', got {shading_input!r}"
+            )
+        if shading_input == "curved_over_background" and not use_background_input:
+            raise ValueError("shading_input='curved_over_background' needs use_background_input=True")
+        self.shading_input = shading_input
         self.reconstruction_weight = reconstruction_weight
         self.brightness_jitter = brightness_jitter
         if reconstruction_loss not in ("l1", "foreground_mse"):
@@ -176,7 +198,8 @@ class SemiSupervisedParametric(HarmonizationModule):
         size = self.low_resolution
         parts = [_resize(composite, size)]
         if self.use_background_input:
-            background = composite * (1 - mask) if background is None else background
+            if background is None:
+                background = composite if self.missing_background == "composite" else composite * (1 - mask)
             parts.append(_resize(background, size))
         parts.append(_resize(mask, size))
         return torch.cat(parts, dim=1)
@@ -200,6 +223,8 @@ class SemiSupervisedParametric(HarmonizationModule):
         if self.shading_net is None:
             return curves, None
         curved = apply_curves(inputs[:, :3].float(), curves)
+        if self.shading_input == "curved_over_background":
+            curved = paste_background(curved, inputs[:, 3:6].float(), inputs[:, 6:7].float())
         return curves, self.shading_net(torch.cat([inputs, curved.to(inputs.dtype)], dim=1))
 
     def render(

@@ -130,3 +130,79 @@ class ShadingUNet(nn.Module):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Predict the ``B×1×H×W`` gain in ``[min_gain, 1]`` at the input's resolution."""
         return self.map_to_gain(self.predict_map(inputs), inputs.shape[-2:])
+
+
+def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int) -> nn.Sequential:
+    # Convolution then BatchNorm as one Sequential, so the names are the release's ``<name>.0``/``<name>.1``.
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+    )
+
+
+class ReleasedShadingUNet(nn.Module):
+    """The shading network of the authors' release (``adobe/PIH`` ``ckpt_g39.pth``, its ``gainnet``).
+
+    The release's network differs from the paper's description (and from :class:`ShadingUNet`): an
+    encoder of 4×4 convolutions with BatchNorm whose strides 4, 4, 2, 4, 2, 2 take a 512×512 input to
+    128, 32, 16, 4, 2 and 1 pixels, a decoder of three 3×3 convolutions climbing back to the 16×16 level
+    (each output added to the encoder feature of its size), a bicubic upsampling of that 16×16 map of
+    ``8·width`` channels to the input resolution and one 3×3 convolution there to a single channel,
+    bounded to ``[min_gain, 1]`` by ``sigmoid·(1 − min_gain) + min_gain``. The attribute names are the
+    release's, so its ``gainnet.<name>`` weights load as ``shading_net.<name>`` unchanged.
+
+    Args:
+        in_channels: Channels of the input stack: composite, background, mask and the curve output (10).
+        width: Channels of the first convolution (32 in the release); every level is a multiple of it.
+        min_gain: Lower bound of the gain: the release infers with 0.6 (and trained with 0.5).
+    """
+
+    min_input_size = 438
+    """The smallest input side the encoder's strides leave a 1×1 bottleneck for (the release uses 512)."""
+
+    def __init__(self, in_channels: int = 10, width: int = 32, min_gain: float = 0.6) -> None:
+        if not 0.0 <= min_gain < 1.0:
+            raise ValueError(f"min_gain must be in [0, 1), got {min_gain}")
+        super().__init__()
+        self.in_channels = in_channels
+        self.min_gain = min_gain
+        self.conv0 = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.conv1 = _conv_bn(width, 2 * width, 4, stride=4)
+        self.conv2 = _conv_bn(2 * width, 4 * width, 4, stride=4)
+        self.conv3 = _conv_bn(4 * width, 8 * width, 4, stride=2)
+        self.conv3_1 = _conv_bn(8 * width, 16 * width, 4, stride=4)
+        self.conv3_2 = _conv_bn(16 * width, 32 * width, 4, stride=2)
+        self.conv3_3 = _conv_bn(32 * width, 64 * width, 4, stride=2)
+        self.conv4_1 = _conv_bn(64 * width, 32 * width, 3, stride=1)
+        self.conv4_2 = _conv_bn(32 * width, 16 * width, 3, stride=1)
+        self.conv4_3 = _conv_bn(16 * width, 8 * width, 3, stride=1)
+        self.conv_only = nn.Conv2d(8 * width, 1, 3, padding=1)
+        # The release also holds the layers of its network's other decoder variants, which this one never
+        # runs; they are kept, untouched by forward, only so the released state dict loads strictly.
+        self.conv4 = _conv_bn(8 * width, 4 * width, 3, stride=1)
+        self.conv5 = _conv_bn(4 * width, 2 * width, 3, stride=1)
+        self.conv6 = _conv_bn(2 * width, width, 3, stride=1)
+        self.conv7 = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False))
+        self.conv8 = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False))
+        self.conv9 = nn.Conv2d(width, 1, 3, padding=1)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Predict the ``B×1×H×W`` gain in ``[min_gain, 1]`` at the input's resolution."""
+        if min(inputs.shape[-2:]) < self.min_input_size:
+            raise ValueError(
+                f"input size {tuple(inputs.shape[-2:])} is below the {self.min_input_size} px it needs"
+            )
+        full = F.relu(self.conv0(inputs))
+        skips = []
+        features = full
+        for layer in (self.conv1, self.conv2, self.conv3, self.conv3_1, self.conv3_2, self.conv3_3):
+            features = F.relu(layer(features))
+            skips.append(features)
+        skips.pop()
+        for layer in (self.conv4_1, self.conv4_2, self.conv4_3):
+            skip = skips.pop()
+            upsampled = F.interpolate(features, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            features = F.relu(layer(upsampled)) + skip
+        features = F.interpolate(features, size=full.shape[-2:], mode="bicubic", align_corners=False)
+        raw = self.conv_only(features)
+        return torch.sigmoid(raw.float()) * (1.0 - self.min_gain) + self.min_gain
