@@ -1,12 +1,13 @@
 """``harmony import-weights``: the authors' released weights as a harmony checkpoint.
 
-One command per release (``--config`` picks another experiment config than the method's)::
+One command per release (``dh``: the unpacked DiffHarmony release; ``--config`` picks another experiment
+config than the method's)::
 
-    harmony import-weights --from pih ckpt_g39.pth --output checkpoints/pih.ckpt
-    harmony import-weights --from diffharmony RELEASE/base --output checkpoints/diffharmony.ckpt
-    harmony import-weights --from diffharmony_plusplus RELEASE --output checkpoints/diffharmony_plusplus.ckpt
-    harmony import-weights --from r2r region2region --output checkpoints/r2r.ckpt
-    harmony import-weights --from r2r_diff_base diff-base.ckpt --output checkpoints/diffharmony_r2r.ckpt
+  harmony import-weights --from pih ckpt_g39.pth --output checkpoints/pih.ckpt
+  harmony import-weights --from diffharmony dh/base --output checkpoints/diffharmony_release.ckpt
+  harmony import-weights --from diffharmony_plusplus dh --output checkpoints/diffharmony_plusplus_release.ckpt
+  harmony import-weights --from r2r region2region --output checkpoints/r2r_release.ckpt
+  harmony import-weights --from r2r_diff_base diff-base.ckpt --output checkpoints/diffharmony_r2r.ckpt
 
 Each release is loaded strictly (every parameter of the authors' files has a place in harmony's modules
 and every module parameter a value) into the model built from the method's experiment config, and
@@ -216,7 +217,13 @@ IMPORTERS = {
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``harmony import-weights``; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="harmony import-weights", description=__doc__.splitlines()[0])
+    examples = __doc__.split("::", 1)[1].split("\n\n", 2)[1]
+    parser = argparse.ArgumentParser(
+        prog="harmony import-weights",
+        description="Turn the authors' released weights into a harmony checkpoint, loaded strictly.",
+        epilog="examples:\n" + examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--from", dest="release", required=True, choices=sorted(RELEASES), help="the release")
     parser.add_argument("source", type=Path, help="the downloaded release (folder, or PIH's .pth file)")
     parser.add_argument("--output", type=Path, required=True, help="the harmony checkpoint to write (.ckpt)")
