@@ -41,6 +41,17 @@ MANIFESTS = REPO_ROOT / "tests" / "fixtures" / "manifests"
 TINY_PLUSPLUS = REPO_ROOT / "tests" / "configs" / "diffharmony_plusplus_iharmony4.yaml"
 
 
+def harmonize_with(checkpoint: Path, folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``harmony harmonize --checkpoint`` on a composite; checks the background is kept exactly."""
+    composite_path, mask_path, composite, mask = write_composite_and_mask(folder)
+    output = folder / "harmonized.png"
+    harmonize = ["harmonize", "--checkpoint", str(checkpoint), "--composite", str(composite_path)]
+    assert main([*harmonize, "--mask", str(mask_path), "--output", str(output), "--device", "cpu"]) == 0
+    result = np.asarray(Image.open(output).convert("RGB"))
+    np.testing.assert_array_equal(result[mask == 0], composite[mask == 0])
+    return result, composite, mask
+
+
 def test_the_released_condition_vae_maps_key_for_key_onto_the_paper_sized_harmony_vae() -> None:
     manifest = json.loads((MANIFESTS / "diffharmony_condition_vae.json").read_text())["parameters"]
     released = {name: torch.empty(shape, device="meta") for name, shape in manifest.items()}
@@ -99,12 +110,7 @@ def test_import_diffharmony_plusplus_then_harmonize(tmp_path: Path) -> None:
         assert torch.equal(model.harmony_vae.state_dict()[name], value), name
     assert (tmp_path / "checkpoints" / "diffharmony_plusplus_harmony_vae" / "config.json").is_file()
 
-    composite_path, mask_path, composite, mask = write_composite_and_mask(tmp_path)
-    output = tmp_path / "harmonized.png"
-    harmonize = ["harmonize", "--checkpoint", str(checkpoint), "--composite", str(composite_path)]
-    assert main([*harmonize, "--mask", str(mask_path), "--output", str(output), "--device", "cpu"]) == 0
-    result = np.asarray(Image.open(output).convert("RGB"))
-    np.testing.assert_array_equal(result[mask == 0], composite[mask == 0])
+    result, composite, mask = harmonize_with(checkpoint, tmp_path)
 
 
 @pytest.mark.parametrize("problem", ["no condition_vae", "missing parameter", "not a release"])
@@ -235,12 +241,7 @@ def test_import_r2r_diff_base_as_a_diffharmony_checkpoint_then_harmonize(tmp_pat
     exported = UNet2DConditionModel.from_pretrained(tmp_path / "checkpoints" / "diffharmony_r2r_unet")
     assert all(torch.equal(exported.state_dict()[name], value) for name, value in unet.state_dict().items())
 
-    composite_path, mask_path, composite, mask = write_composite_and_mask(tmp_path)
-    output = tmp_path / "harmonized.png"
-    harmonize = ["harmonize", "--checkpoint", str(checkpoint), "--composite", str(composite_path)]
-    assert main([*harmonize, "--mask", str(mask_path), "--output", str(output), "--device", "cpu"]) == 0
-    result = np.asarray(Image.open(output).convert("RGB"))
-    np.testing.assert_array_equal(result[mask == 0], composite[mask == 0])
+    result, composite, mask = harmonize_with(checkpoint, tmp_path)
 
     released.pop(ldm_names["conv_in.weight"])
     torch.save({"state_dict": released}, tmp_path / "diff-base.ckpt")
@@ -377,12 +378,7 @@ def test_import_r2r_then_harmonize_and_reproduce_table1(
         "vae",
     ]
 
-    composite_path, mask_path, composite, mask = write_composite_and_mask(tmp_path)
-    output = tmp_path / "harmonized.png"
-    harmonize = ["harmonize", "--checkpoint", str(checkpoint), "--composite", str(composite_path)]
-    assert main([*harmonize, "--mask", str(mask_path), "--output", str(output), "--device", "cpu"]) == 0
-    result = np.asarray(Image.open(output).convert("RGB"))
-    np.testing.assert_array_equal(result[mask == 0], composite[mask == 0])
+    result, composite, mask = harmonize_with(checkpoint, tmp_path)
     assert not np.array_equal(result[mask > 0], composite[mask > 0])
 
     monkeypatch.setattr(reproduce_table1, "REPO", tmp_path)
