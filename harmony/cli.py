@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import errno
 import importlib
+import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
-from lightning.pytorch import LightningModule
+from jsonargparse import Namespace
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
 # Imported so LightningCLI's subclass mode can resolve short class names.
 import harmony.data  # noqa: E402,F401
 import harmony.methods  # noqa: E402,F401
 from harmony import __version__
+from harmony.callbacks import PreemptionCheckpoint, RandomState, last_checkpoint
 from harmony.data import HarmonyDataModule  # noqa: E402
-from harmony.errors import HarmonyInputError
+from harmony.errors import HarmonyInputError, Terminated
 
 TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("harmony.commands.score", "score a folder of predictions against an iHarmony4-layout root"),
@@ -64,11 +75,62 @@ class HarmonyCLI(LightningCLI):
 
     The model base is ``LightningModule``, not ``HarmonizationModule``, so models that harmonize nothing
     (:class:`~harmony.methods.diffharmony.HarmonyClassifier`) train and test the same way.
+
+    ``fit`` is resumable (README, "Resume and preemption"): the default ``ModelCheckpoint`` keeps
+    ``last.ckpt``, Lightning's default logger writes to one folder per experiment instead of a new
+    ``version_<n>`` per run, and ``--ckpt_path last`` fails when there is nothing to resume from.
     """
 
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The Trainer, with a ``ModelCheckpoint`` writing ``last.ckpt`` at each epoch end by default.
 
-def make_cli(args: list[str], run: bool = True) -> HarmonyCLI:
-    """Build the LightningCLI every harmony entry point uses (``run=False``: instantiate only)."""
+        It stands in for Lightning's default one (``epoch=<e>-step=<s>.ckpt``) when checkpointing is on
+        and the config's ``trainer.callbacks`` hold no ``ModelCheckpoint``; a config's own is kept as it is.
+        """
+        trainer = self.config_init.get(str(self.subcommand), self.config_init).trainer
+        callbacks = trainer.callbacks if isinstance(trainer.callbacks, list) else [trainer.callbacks]
+        callbacks = [callback for callback in callbacks if callback is not None]
+        if trainer.enable_checkpointing is not False and not any(
+            isinstance(callback, ModelCheckpoint) for callback in callbacks
+        ):
+            # Without a monitor the newest checkpoint is the only one kept, so naming it "last" gives
+            # `--ckpt_path last` its file; save_last=True would write the same weights a second time.
+            last = ModelCheckpoint(filename="last", enable_version_counter=False)
+            kwargs.setdefault("callbacks", [*callbacks, last])
+        return super().instantiate_trainer(**kwargs)
+
+    def before_instantiate_classes(self) -> None:
+        """``fit`` with the default logger logs to ``lightning_logs/<config names>`` under the root dir."""
+        if self.subcommand != "fit" or self.config.fit.trainer.logger not in (None, True):
+            return
+        trainer = self.config.fit.trainer
+        # The same experiment resumes in the same folder; another default_root_dir is another run.
+        name = "+".join(Path(str(config)).stem for config in self.config.fit.get("config") or []) or "run"
+        trainer.logger = Namespace(
+            class_path="lightning.pytorch.loggers.TensorBoardLogger",
+            init_args=Namespace(
+                save_dir=trainer.default_root_dir or ".", name="lightning_logs", version=name
+            ),
+        )
+
+    def before_fit(self) -> None:
+        """Resolve ``--ckpt_path last`` to the newest checkpoint; refuse to start from scratch without one."""
+        if self.config_init.fit.get("ckpt_path") != "last":
+            return
+        path, folders = last_checkpoint(self.trainer)
+        if path is None:
+            searched = folders[0] if folders else self.trainer.default_root_dir
+            raise HarmonyInputError(searched, "no checkpoint to resume from (--ckpt_path last)")
+        self.config_init.fit.ckpt_path = str(path)
+
+
+def make_cli(args: list[str] | None, run: bool = True) -> HarmonyCLI:
+    """Build the LightningCLI every harmony entry point uses (``run=False``: instantiate only).
+
+    Args:
+        args: The arguments (``None``: ``sys.argv``).
+        run: Run the subcommand (``False``: only instantiate the classes).
+    """
     return HarmonyCLI(
         LightningModule,
         HarmonyDataModule,
@@ -76,6 +138,9 @@ def make_cli(args: list[str], run: bool = True) -> HarmonyCLI:
         subclass_mode_data=True,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
+        trainer_defaults={"callbacks": [RandomState(), PreemptionCheckpoint()]},
+        # Parse errors raise instead of printing usage: run_tool reports them in one line.
+        parser_kwargs={"exit_on_error": False},
         seed_everything_default=0,
         run=run,
         args=args,
@@ -96,16 +161,98 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def run_tool(command: Callable[[list[str]], int], argv: list[str]) -> int:
-    """Run a tool command, turning user-input errors into one line on stderr and exit status 2."""
+DEBUG_VARIABLE = "HARMONY_DEBUG"
+"""Set (to anything but ``0``), or ``harmony --debug <command>``: errors show their traceback."""
+
+
+def debugging() -> bool:
+    """Whether errors should keep their traceback (:data:`DEBUG_VARIABLE`)."""
+    return os.environ.get(DEBUG_VARIABLE, "0") not in ("", "0")
+
+
+def _argument_problem(error: argparse.ArgumentError, argv: list[str]) -> str:
+    """A configuration/argument error (jsonargparse's is many lines) as one line, naming the config."""
+    noise = (
+        "Given value",
+        "Subtypes:",
+        "Errors:",
+        "Does not validate against any",
+        "Expected a <class 'NoneType'>",
+    )
+    parts = [line.strip().removeprefix("- ") for line in str(error).splitlines()]
+    message = " ".join(part for part in parts if part and not part.startswith(noise))
+    configs = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg in ("--config", "-c")]
+    return f"{', '.join(configs)}: {message}" if configs else message
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into :class:`~harmony.errors.Terminated` while a tool command runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        return command(argv)
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_tool(command: Callable[[list[str]], int], argv: list[str], handle_sigterm: bool = True) -> int:
+    """Run a command, turning every error into one line on stderr and a non-zero exit status.
+
+    User errors (:class:`~harmony.errors.HarmonyInputError`, bad arguments or configs, files that cannot
+    be written) exit 2; an interruption 130 (SIGINT) or 143 (SIGTERM), after the temporary files are
+    removed; anything else is an internal error, exit 1. With :data:`DEBUG_VARIABLE` set the traceback
+    is shown instead.
+
+    Args:
+        command: The command's ``main``.
+        argv: Its arguments.
+        handle_sigterm: Turn SIGTERM into a clean exit (``False`` where Lightning handles it, in ``fit``).
+    """
+    try:
+        with _sigterm_raises() if handle_sigterm else contextlib.nullcontext():
+            return command(argv)
     except HarmonyInputError as error:
+        if debugging():
+            raise
         print(f"harmony: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("harmony: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("harmony: terminated", file=sys.stderr)
+        return 143
+    except argparse.ArgumentError as error:
+        if debugging():
+            raise
+        print(f"harmony: error: {_argument_problem(error, argv)}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if debugging():
+            raise
+        problem = error.strerror or str(error)
+        if error.errno in (errno.ENOTDIR, errno.EEXIST) and error.filename and os.path.isfile(error.filename):
+            problem = "is a file, so nothing can be written under it"
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"harmony: error: {where}{problem}", file=sys.stderr)
+        return 2
+    except Exception as error:  # noqa: BLE001 - the last resort: one line, the traceback on request
+        if debugging():
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        print(
+            f"harmony: internal error: {type(error).__name__}: {first} "
+            f"(run with --debug or {DEBUG_VARIABLE}=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def main(args: ArgsType = None) -> int:
@@ -118,6 +265,13 @@ def main(args: ArgsType = None) -> int:
         The exit status.
     """
     argv = list(sys.argv[1:] if args is None else args)
+    for stream in (sys.stdout, sys.stderr):
+        # File names need not be UTF-8 (Linux): print them escaped rather than fail on them.
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    if argv and argv[0] == "--debug":
+        os.environ[DEBUG_VARIABLE] = "1"
+        argv = argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
@@ -129,7 +283,13 @@ def main(args: ArgsType = None) -> int:
         return run_tool(module.main, argv[1:])
 
     def lightning(arguments: list[str]) -> int:
-        make_cli(arguments)
+        # LightningCLI reads sys.argv: Lightning's `ddp` launcher starts the other ranks with it, so it
+        # must hold these arguments (and not `--debug`, or what a test passes to main()).
+        shell_arguments, sys.argv[1:] = sys.argv[1:], arguments
+        try:
+            make_cli(None)
+        finally:
+            sys.argv[1:] = shell_arguments
         return 0
 
-    return run_tool(lightning, argv)
+    return run_tool(lightning, argv, handle_sigterm=False)

@@ -200,9 +200,14 @@ class LatentDiffusionModule(HarmonizationModule):
         super().on_validation_epoch_end()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Save the EMA next to the live weights."""
-        if self._ema is not None:
-            checkpoint["ema"] = self._ema.state_dict()
+        """Save the EMA next to the live weights, also when the EMA weights are in place."""
+        if self._ema is None:
+            return
+        checkpoint["ema"] = self._ema.state_dict()
+        if self._ema.temp_stored_params is not None:
+            # Written during validation (a SIGTERM stops it mid-way): the live weights are the stored ones.
+            names = [name for name, _ in self.ema_named_parameters()]
+            checkpoint["state_dict"].update(zip(names, self._ema.temp_stored_params, strict=True))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Keep the EMA to resume training, or load the EMA weights for evaluation."""
