@@ -24,3 +24,11 @@ class HarmonyInputError(ValueError):
     def __reduce__(self) -> tuple[type, tuple[Path | None, str]]:
         # Errors raised in DataLoader or pool workers must survive pickling back to the parent.
         return (type(self), (self.path, self.problem))
+
+
+class Terminated(BaseException):
+    """Raised in the main thread when the process receives SIGTERM during a tool command.
+
+    A ``BaseException``, like ``KeyboardInterrupt``, so ``except Exception`` blocks do not swallow it and
+    every ``finally`` on the way out runs: temporary files are removed and nothing half-written is left.
+    """

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -196,3 +197,30 @@ def test_reproduce_table1_composite_row_equals_score(iharmony4_root: Path, tmp_p
         for metric in ("n", "mse", "psnr", "fmse", "ssim", "n_empty_mask"):
             assert table["Composite"]["results"][group][metric] == metrics[metric], (group, metric)
     assert "R2R Tab. 1" in (tmp_path / "table1.md").read_text()
+
+
+def test_check_data_takes_partial_roots_folders_without_ground_truth_and_warns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.fixtures.trees import make_iharmony4_tree
+
+    partial = make_iharmony4_tree(tmp_path / "partial", {"HCOCO": (0, 3)})
+    records = list_iharmony4(partial, "test")
+    gray = np.asarray(Image.open(records[0].composite).convert("L"), dtype=np.uint16) * 257
+    Image.fromarray(gray).save(records[0].composite)
+    Image.new("L", Image.open(records[1].mask).size, 255).save(records[1].mask)
+    assert main(["check-data", "--root", str(partial), "--split", "test"]) == 0
+    out = capsys.readouterr().out
+    assert "HAdobe5k           0  absent (note: a partial root)" in out
+    assert "HCOCO              3  official 4283 (note: a partial root)" in out
+    assert f"{records[0].composite}: 16-bit" in out and f"{records[1].mask}: covers the whole image" in out
+    assert "OK: no problems found, 2 warning(s)" in out
+
+    folders = tmp_path / "own"
+    for name in ("composite", "mask"):
+        (folders / name).mkdir(parents=True)
+    for record in records[1:]:
+        shutil.copy(record.composite, folders / "composite" / record.composite.name)
+        shutil.copy(record.mask, folders / "mask" / f"{record.composite.stem}.png")
+    assert main(["check-data", "--root", str(folders), "--dataset", "folders", "--split", "test"]) == 0
+    assert "2 samples, no ground truth (checked without)" in capsys.readouterr().out

@@ -254,5 +254,5 @@ def test_bad_arguments(tmp_path: Path) -> None:
         _run(root, tmp_path / "nowhere")
     with pytest.raises(HarmonyInputError, match="data root not found"):
         _run(tmp_path / "nowhere", predictions)
-    with pytest.raises(SystemExit):
+    with pytest.raises(HarmonyInputError, match="invalid choice: 'dovenet'"):
         _run(root, predictions, "--protocol", "dovenet")

@@ -48,6 +48,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from harmony import __version__
+from harmony.commands.arguments import ToolArgumentParser
 from harmony.commands.build_rpharmony import split_photos
 from harmony.commands.classify import load_classifier, read_batch, read_mask_batch
 from harmony.commands.generate_composites import (
@@ -216,7 +217,7 @@ def select_candidates(
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's argument parser."""
-    parser = argparse.ArgumentParser(prog="harmony build-human-harmony", description=__doc__.splitlines()[0])
+    parser = ToolArgumentParser(prog="harmony build-human-harmony", description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=Path, required=True, help="folder of people photos")
     parts = parser.add_mutually_exclusive_group(required=True)
     parts.add_argument("--parts", type=Path, help="label maps <stem>.<ext> or folders <stem>/ of part masks")

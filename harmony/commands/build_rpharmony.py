@@ -19,7 +19,6 @@ renamed. ``OUT/build.json`` records the settings and counts; resuming with other
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import inspect
 import json
@@ -36,6 +35,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from harmony import __version__
+from harmony.commands.arguments import ToolArgumentParser
 from harmony.data.composites.poisson_blending import DEFAULT_ALPHA, random_poisson_blending
 from harmony.data.io import atomic_path, binarize, check_same_size, read_mask, read_rgb, save_json, save_rgb
 from harmony.data.records import list_iharmony4, list_matched_folders
@@ -490,7 +490,7 @@ def build_rpharmony(
 
 def main(argv: list[str] | None = None) -> int:
     """Build an RPHarmony-layout data set; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="harmony build-rpharmony", description=__doc__.splitlines()[0])
+    parser = ToolArgumentParser(prog="harmony build-rpharmony", description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=Path, required=True, help="folder of photos")
     parser.add_argument("--masks", type=Path, required=True, help="folder of their object masks")
     parser.add_argument("--mask-suffix", default="", help="mask names are <photo stem><suffix>.<ext>")

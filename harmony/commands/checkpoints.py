@@ -3,12 +3,43 @@
 from __future__ import annotations
 
 import importlib
+import pickle
 from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningModule
 
 from harmony.errors import HarmonyInputError
+
+
+def read_checkpoint(checkpoint: Path, mmap: bool = False) -> dict:
+    """A checkpoint's contents, unpickled safely: tensors and plain values only (``weights_only``).
+
+    A checkpoint from someone else cannot run code when it is read: anything but weights and plain
+    Python values (a pickled function, an object with a ``__reduce__``) is refused, not executed.
+
+    Raises:
+        HarmonyInputError: The file is missing, unreadable, truncated, holds other objects than weights,
+            or is not a Lightning checkpoint (no ``state_dict``).
+    """
+    if not checkpoint.is_file():
+        raise HarmonyInputError(checkpoint, "checkpoint not found")
+    try:
+        contents = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError:
+        raise HarmonyInputError(
+            checkpoint,
+            "not a harmony checkpoint: it holds Python objects besides weights, which harmony does not "
+            "unpickle (they could run code)",
+        ) from None
+    except Exception as error:  # noqa: BLE001 - any unreadable file is a user error here
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise HarmonyInputError(
+            checkpoint, f"not a harmony checkpoint (unreadable or truncated: {first})"
+        ) from None
+    if not isinstance(contents, dict) or "state_dict" not in contents:
+        raise HarmonyInputError(checkpoint, "not a harmony checkpoint (no state_dict)")
+    return contents
 
 
 def load_checkpoint_model(
@@ -23,19 +54,12 @@ def load_checkpoint_model(
         device: Where the model goes.
 
     Raises:
-        HarmonyInputError: The file is missing or unreadable, records no configuration, or holds a model
-            that is not a ``base``.
+        HarmonyInputError: The file is missing or unreadable (see :func:`read_checkpoint`), records no
+            configuration, or holds a model that is not a ``base``.
     """
-    if not checkpoint.is_file():
-        raise HarmonyInputError(checkpoint, "checkpoint not found")
-    try:
-        # mmap: only the small hyper-parameter dict is read here; the weights are read once, below.
-        header = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is a user error here
-        raise HarmonyInputError(
-            checkpoint, f"cannot read checkpoint ({type(error).__name__}: {error})"
-        ) from None
-    class_path = header.get("hyper_parameters", {}).get("_class_path") if isinstance(header, dict) else None
+    # mmap: only the small hyper-parameter dict is used here; the weights are read once, below.
+    header = read_checkpoint(checkpoint, mmap=True)
+    class_path = header.get("hyper_parameters", {}).get("_class_path")
     del header
     if not isinstance(class_path, str):
         raise HarmonyInputError(
@@ -47,5 +71,6 @@ def load_checkpoint_model(
     if module_name.startswith("harmony."):
         cls = getattr(importlib.import_module(module_name), class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise HarmonyInputError(checkpoint, f"checkpoint names {class_path}, which is not {kind}")
-    return cls.load_from_checkpoint(checkpoint, map_location=device).to(device).eval()
+        raise HarmonyInputError(checkpoint, f"checkpoint is for {class_path}, which is not {kind}")
+    model = cls.load_from_checkpoint(checkpoint, map_location=device, weights_only=True)
+    return model.to(device).eval()

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from harmony.commands.arguments import ToolArgumentParser
 from harmony.commands.checkpoints import load_checkpoint_model
 from harmony.commands.harmonize import resolve_device
 from harmony.data.io import (
@@ -93,7 +94,7 @@ def read_mask_batch(image_paths: list[Path], mask_paths: list[Path], size: int) 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's argument parser."""
-    parser = argparse.ArgumentParser(
+    parser = ToolArgumentParser(
         prog="harmony classify",
         description="Score images with a harmony classifier (DiffHarmony++): the probability that each "
         "image directly inside --images is a composite rather than a real photograph, written as CSV "

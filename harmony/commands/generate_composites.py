@@ -42,6 +42,7 @@ import torch
 from tqdm import tqdm
 
 from harmony import __version__
+from harmony.commands.arguments import ToolArgumentParser
 from harmony.commands.checkpoints import load_checkpoint_model
 from harmony.commands.harmonize import resolve_device
 from harmony.data.io import (
@@ -291,7 +292,7 @@ def load_inverse_model(
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's argument parser."""
-    parser = argparse.ArgumentParser(
+    parser = ToolArgumentParser(
         prog="harmony generate-composites",
         description="Generate candidate composites of (real image, mask) pairs with a trained "
         "InverseHarmonization model (DiffHarmony++), as an iHarmony4-layout tree. Resumable: run the same "

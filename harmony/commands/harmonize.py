@@ -18,6 +18,7 @@ standard deviation. The exports describe the method's own adjustments, so they a
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,16 +29,18 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from harmony.commands.arguments import ToolArgumentParser
 from harmony.commands.checkpoints import load_checkpoint_model
 from harmony.data.io import (
     atomic_path,
+    atomic_paths,
     check_same_size,
+    image_format,
     list_images,
     open_image,
     read_mask,
     read_rgb,
-    save_json,
-    save_rgb,
+    write_rgb,
 )
 from harmony.data.records import list_matched_folders
 from harmony.errors import HarmonyInputError
@@ -69,6 +72,18 @@ class Job:
     lut: Path | None = None
     curves: Path | None = None
     shading: Path | None = None
+
+    def exports(self) -> list[Path]:
+        """The export files asked for."""
+        return [path for path in (self.lut, self.curves, self.shading) if path is not None]
+
+    def targets(self) -> list[Path]:
+        """Every file this job writes."""
+        return [self.output, *self.exports()]
+
+    def done(self) -> bool:
+        """Whether every file of this job is already there (a re-run folder job skips it)."""
+        return all(path.is_file() for path in self.targets())
 
 
 def resolve_device(device: str) -> torch.device:
@@ -119,7 +134,14 @@ def read_inputs(composite_path: Path, mask_path: Path | None) -> tuple[np.ndarra
 def plan_jobs(args: argparse.Namespace) -> list[Job]:
     """Turn the command line into jobs (one file, or a folder matched by stem)."""
     composite, mask, output = Path(args.composite), args.mask, Path(args.output)
-    exports = {"lut": args.export_lut, "curves": args.export_curves, "shading": args.export_shading}
+    exports = {
+        name: None if value is None else Path(value)
+        for name, value in (
+            ("lut", args.export_lut),
+            ("curves", args.export_curves),
+            ("shading", args.export_shading),
+        )
+    }
     if not composite.is_dir():
         if mask is not None and Path(mask).is_dir():
             raise HarmonyInputError(mask, "is a folder but --composite is a file")
@@ -127,6 +149,7 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
             raise HarmonyInputError(output, "is a folder; give the output file's name")
         if output.resolve() == composite.resolve():
             raise HarmonyInputError(output, "would overwrite the composite")
+        image_format(output)
         return [Job(composite, None if mask is None else Path(mask), output, **exports)]
     if output.exists() and not output.is_dir():
         raise HarmonyInputError(output, "--composite is a folder, so --output must be a folder too")
@@ -153,45 +176,53 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
     return jobs
 
 
-def _save_gray(path: Path, image: np.ndarray) -> None:
-    with atomic_path(path) as temporary:
-        Image.fromarray(image, mode="L").save(temporary, format="PNG")
-
-
 def run_job(model: HarmonizationModule, job: Job, lut_size: int | None) -> None:
-    """Harmonize one image and write its output and exports."""
+    """Harmonize one image and write its output and exports, all of them or none."""
     composite, mask = read_inputs(job.composite, job.mask)
     if not (mask >= 0.5).any():
         tqdm.write(
-            f"harmony: note: {job.mask or job.composite}: empty mask, the composite is written unchanged"
+            f"harmony: note: {job.mask or job.composite}: empty mask, the composite is written unchanged",
+            file=sys.stderr,
         )
     elif (mask >= 0.5).mean() > 0.5:
         tqdm.write(
             f"harmony: warning: {job.mask or job.composite}: the foreground covers over half the image "
-            "(inverted mask?)"
+            "(inverted mask?)",
+            file=sys.stderr,
         )
-    wants_exports = job.lut is not None or job.curves is not None or job.shading is not None
-    if not wants_exports:
-        save_rgb(job.output, model.postprocess_image(model.harmonize_image(composite, mask), composite, mask))
+    output_format = image_format(job.output)
+    parametric = hasattr(model, "estimate_adjustments") and model.output_postprocess is None
+    if not job.exports() and not parametric:
+        harmonized = model.postprocess_image(model.harmonize_image(composite, mask), composite, mask)
+        with atomic_path(job.output) as temporary:
+            write_rgb(temporary, harmonized, output_format)
         return
     adjustments = model.estimate_adjustments(composite, mask)  # type: ignore[operator]
-    save_rgb(job.output, model.apply_adjustments(composite, mask, adjustments))  # type: ignore[operator]
-    if job.lut is not None:
-        with atomic_path(job.lut) as temporary:
-            temporary.write_text(
-                curves_to_cube(adjustments.curves, lut_size, title=f"harmony {job.composite.stem}")
-            )
-    if job.curves is not None:
-        save_json(job.curves, {**curves_to_json(adjustments.curves), "image": job.composite.name})
+    # The composite is not needed afterwards: harmonizing it in place keeps one image-sized buffer fewer.
+    harmonized = model.apply_adjustments(composite, mask, adjustments, in_place=True)  # type: ignore[operator]
+    shading = None
     if job.shading is not None:
-        gain = adjustments.gain_at(*composite.shape[:2]).cpu().numpy()
-        multiplier = gain * mask + (1.0 - mask)
-        _save_gray(job.shading, np.clip(multiplier * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        gain = adjustments.gain_at(*mask.shape).cpu().numpy()
+        shading = np.clip((gain * mask + (1.0 - mask)) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        del gain
+    # The float mask (4 bytes a pixel) is freed before the image is encoded, the peak of a huge image.
+    del composite, mask
+    with atomic_paths(job.targets()) as temporaries:
+        staged = dict(zip(job.targets(), temporaries, strict=True))
+        write_rgb(staged[job.output], harmonized, output_format)
+        if job.lut is not None:
+            title = f"harmony {job.composite.stem}"
+            staged[job.lut].write_text(curves_to_cube(adjustments.curves, lut_size, title=title))
+        if job.curves is not None:
+            payload = {**curves_to_json(adjustments.curves), "image": job.composite.name}
+            staged[job.curves].write_text(json.dumps(payload, indent=2) + "\n")
+        if shading is not None:
+            Image.fromarray(shading, mode="L").save(staged[job.shading], format="PNG")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's argument parser."""
-    parser = argparse.ArgumentParser(
+    parser = ToolArgumentParser(
         prog="harmony harmonize",
         description="Harmonize your own composites at any resolution, one file or a folder. The background "
         "(mask 0) stays bit-identical. --export-lut/--export-curves/--export-shading (parametric methods) "
@@ -229,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the networks run"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="folder mode: redo images whose outputs already exist (by default a re-run skips them)",
+    )
     return parser
 
 
@@ -255,10 +291,18 @@ def main(argv: list[str] | None = None) -> int:
             raise HarmonyInputError(
                 None, f"--lut-size must be 1 + a multiple of {knots - 1} (e.g. {knots}, {2 * knots - 1})"
             )
-    for job in tqdm(jobs, desc="harmonizing", unit="image", disable=len(jobs) == 1, file=sys.stderr):
+    folder_mode = Path(args.composite).is_dir()
+    todo = [job for job in jobs if not (folder_mode and not args.overwrite and job.done())]
+    if len(todo) < len(jobs):
+        skipped = len(jobs) - len(todo)
+        print(
+            f"harmony: note: skipped {skipped} of {len(jobs)} already harmonized (--overwrite redoes them)",
+            file=sys.stderr,
+        )
+    for job in tqdm(todo, desc="harmonizing", unit="image", disable=not folder_mode, file=sys.stderr):
         run_job(model, job, args.lut_size)
-    if len(jobs) == 1:
+    if not folder_mode:
         print(f"wrote {jobs[0].output}")
     else:
-        print(f"wrote {len(jobs)} images to {args.output}")
+        print(f"wrote {len(todo)} images to {args.output}")
     return 0

@@ -30,6 +30,7 @@ from pathlib import Path
 import lightning
 import torch
 
+from harmony.commands.arguments import ToolArgumentParser
 from harmony.data.io import atomic_path, usual_mode
 from harmony.errors import HarmonyInputError
 
@@ -218,7 +219,7 @@ IMPORTERS = {
 def main(argv: list[str] | None = None) -> int:
     """Run ``harmony import-weights``; returns the exit status."""
     examples = __doc__.split("::", 1)[1].split("\n\n", 2)[1]
-    parser = argparse.ArgumentParser(
+    parser = ToolArgumentParser(
         prog="harmony import-weights",
         description="Turn the authors' released weights into a harmony checkpoint, loaded strictly.",
         epilog="examples:\n" + examples,

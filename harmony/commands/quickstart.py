@@ -8,7 +8,6 @@ synthetic test split with the shared evaluator, and writes ``metrics.json``, a p
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import time
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from lightning.pytorch import Trainer
 
+from harmony.commands.arguments import ToolArgumentParser
 from harmony.data import types as keys
 from harmony.data.io import atomic_path, save_json, save_rgb
 from harmony.errors import HarmonyInputError
@@ -41,7 +41,7 @@ def picture_grid(model: HarmonizationModule, batch: dict, count: int = 6) -> np.
 
 def main(argv: list[str] | None = None) -> int:
     """Train, evaluate and report; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="harmony quickstart", description=__doc__.splitlines()[0])
+    parser = ToolArgumentParser(prog="harmony quickstart", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the training config")
     parser.add_argument(
         "--output-dir", type=Path, default=Path("outputs/quickstart"), help="metrics and pictures"

@@ -15,7 +15,6 @@ bucket (the evaluator's ``fg_0_5``, ``fg_5_15``, ``fg_15_100`` groups, which ``t
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from lightning.pytorch import Trainer
 
+from harmony.commands.arguments import ToolArgumentParser
 from harmony.commands.paper_numbers import (
     BUCKET_PAPER_NUMBERS,
     BUCKET_PAPER_SAMPLES,
@@ -118,15 +118,12 @@ def load_method(config: Path, checkpoint: Path | None) -> HarmonizationModule:
     The checkpoint goes through the model's ``on_load_checkpoint`` first, so a method with an EMA is
     evaluated with its EMA weights and does not reload its pretrained starting weights over them.
     """
-    import torch
-
+    from harmony.commands.checkpoints import read_checkpoint
     from harmony.commands.summary import build_model
 
     model = build_model([str(config)], [])
     if checkpoint is not None:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if "state_dict" not in state:
-            raise HarmonyInputError(checkpoint, "not a Lightning checkpoint (no state_dict)")
+        state = read_checkpoint(checkpoint)
         model.on_load_checkpoint(state)
         model.load_state_dict(state["state_dict"])
     return model  # type: ignore[return-value]
@@ -249,7 +246,7 @@ def render_bucket_markdown(
 
 def main(argv: list[str] | None = None) -> int:
     """Evaluate every available row and write the table."""
-    parser = argparse.ArgumentParser(prog="reproduce-table1", description=__doc__.splitlines()[0])
+    parser = ToolArgumentParser(prog="reproduce-table1", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--dataset",
         choices=("iharmony4", "rpharmony"),

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from harmony.commands.arguments import ToolArgumentParser
 from harmony.data.io import check_same_size, list_images, read_mask, read_rgb, save_json
 from harmony.data.records import TripletRecord, iharmony4_record, list_iharmony4
 from harmony.data.types import IHARMONY4_SUBSETS
@@ -313,7 +314,7 @@ def score_files(
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``harmony score`` argument parser."""
-    parser = argparse.ArgumentParser(
+    parser = ToolArgumentParser(
         prog="harmony score",
         description="Score a folder of predictions (<composite stem>.png or .jpg) against an "
         "iHarmony4-layout root, per subset, overall and per foreground-ratio bucket.",

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from harmony.commands.arguments import ToolArgumentParser
 from harmony.commands.check_data import list_records
 from harmony.data.io import atomic_path, read_mask, save_json
 from harmony.data.records import TripletRecord
@@ -206,7 +207,7 @@ def _labels(roots: Sequence[Path]) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's options."""
-    parser = argparse.ArgumentParser(prog="harmony stats", description=__doc__.splitlines()[0])
+    parser = ToolArgumentParser(prog="harmony stats", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--root", type=Path, action="append", required=True, help="a data set root (repeat for several)"
     )

@@ -12,13 +12,13 @@ one is counted in a moment::
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from harmony.commands.arguments import ToolArgumentParser
 from harmony.errors import HarmonyInputError
 
 
@@ -66,7 +66,7 @@ def _millions(count: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the parameter counts of a config's model (a table, or JSON with ``--json``)."""
-    parser = argparse.ArgumentParser(prog="harmony summary", description=__doc__.splitlines()[0])
+    parser = ToolArgumentParser(prog="harmony summary", description=__doc__.splitlines()[0])
     parser.add_argument("--config", action="append", help="a LightningCLI config (repeatable)")
     parser.add_argument(
         "--json", action="store_true", help='print {"total", "trainable", "children"} as JSON'

@@ -23,6 +23,11 @@ from harmony.errors import HarmonyInputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
+# Pillow warns from 89 MP and refuses from 179 MP ("decompression bomb"); photographs of 100–200 MP are
+# real work here (a 12000x12000 composite is 144 MP), so the limit is 1 GP: warning from 1 GP, refusal
+# from 2 GP, still far below what a crafted file could ask for.
+Image.MAX_IMAGE_PIXELS = 1_000_000_000
+
 
 def open_image(path: str | Path) -> Image.Image:
     """Open and fully decode an image, with its EXIF orientation applied.
@@ -99,7 +104,9 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
 def read_rgb(path: str | Path) -> np.ndarray:
     """Read an image file as upright ``H×W×3`` ``uint8`` RGB (see :func:`to_rgb_array`)."""
     image = open_image(path)
-    if image.mode in ("RGB", "RGBA") and image.info.get("bit_depth", 8) == 8:
+    if image.mode == "RGB" and image.info.get("bit_depth", 8) == 8:
+        return np.array(image)  # writable (np.asarray's view of Pillow's bytes is read-only)
+    if image.mode == "RGBA" and image.info.get("bit_depth", 8) == 8:
         return np.ascontiguousarray(np.asarray(image)[..., :3])
     png16 = _read_png16(Path(path), image)
     return png16 if png16 is not None else to_rgb_array(image)
@@ -144,7 +151,9 @@ def to_mask_array(image: Image.Image) -> np.ndarray:
         return np.asarray(image, dtype=np.float32)
     if mode == "CMYK":
         image = _cmyk_to_rgb(image)
-    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    mask = np.asarray(image.convert("L"), dtype=np.float32)
+    mask /= 255.0  # in place: a 12000x12000 mask is 576 MB in float32
+    return mask
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -199,27 +208,64 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     Nothing half-written is ever left at ``path``; the temporary file is removed on failure. The file
     gets the usual permissions (the umask's), not the temporary file's private 0o600.
     """
-    path = Path(path)
+    with atomic_paths([Path(path)]) as (temporary,):
+        yield temporary
+
+
+@contextlib.contextmanager
+def atomic_paths(paths: list[Path]) -> Iterator[list[Path]]:
+    """:func:`atomic_path` for several files that belong together (an image and its LUT, …).
+
+    Yields one temporary path per target; only when the block succeeds are they all renamed into place,
+    so either every file of the result appears or none does.
+    """
+    with contextlib.ExitStack() as stack:
+        temporaries = [stack.enter_context(_staged(path)) for path in paths]
+        yield temporaries
+        for temporary, path in zip(temporaries, paths, strict=True):
+            os.replace(temporary, path)
+
+
+@contextlib.contextmanager
+def _staged(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` with the usual permissions, removed on the way out."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(handle)
     temporary_path = Path(temporary)
-    temporary_path.chmod(usual_mode())
     try:
+        temporary_path.chmod(usual_mode())
         yield temporary_path
-        os.replace(temporary_path, path)
     finally:
         temporary_path.unlink(missing_ok=True)
 
 
+def image_format(path: str | Path) -> str:
+    """The Pillow format an output path's suffix names.
+
+    Raises:
+        HarmonyInputError: The suffix is not an image format Pillow writes.
+    """
+    path = Path(path)
+    name = Image.registered_extensions().get(path.suffix.lower())
+    if name is None or name not in Image.SAVE:
+        raise HarmonyInputError(
+            path, f"unknown image format {path.suffix or '(no suffix)'!r}: use .png, .jpg, .tif or .webp"
+        )
+    return name
+
+
+def write_rgb(path: str | Path, image: np.ndarray, format: str, quality: int = 95) -> None:
+    """Write an ``H×W×3`` ``uint8`` image in ``format`` (not atomically: see :func:`save_rgb`)."""
+    options: dict[str, Any] = {"quality": quality} if format == "JPEG" else {}
+    Image.fromarray(image).save(path, format=format, **options)
+
+
 def save_rgb(path: str | Path, image: np.ndarray, quality: int = 95) -> None:
     """Write an ``H×W×3`` ``uint8`` image atomically (format from the suffix)."""
-    path = Path(path)
+    format = image_format(path)
     with atomic_path(path) as temporary:
-        options: dict[str, Any] = {"quality": quality} if path.suffix.lower() in (".jpg", ".jpeg") else {}
-        Image.fromarray(image).save(
-            temporary, format=Image.registered_extensions().get(path.suffix.lower()), **options
-        )
+        write_rgb(temporary, image, format, quality)
 
 
 def save_json(path: str | Path, payload: Any) -> None:

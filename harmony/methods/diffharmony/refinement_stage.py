@@ -197,7 +197,8 @@ class DiffHarmonyRefinement(LatentDiffusionModule):
             path = Path(self.stage1_checkpoint)
             if not path.is_file():
                 raise HarmonyInputError(path, "stage-1 checkpoint not found")
-            model = DiffHarmony.load_from_checkpoint(path, map_location="cpu").requires_grad_(False).eval()
+            model = DiffHarmony.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+            model = model.requires_grad_(False).eval()
             if self.stage1_inference_size is not None:
                 model.inference_size = self.stage1_inference_size
             self._stage1.append(model)
