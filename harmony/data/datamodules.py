@@ -10,6 +10,7 @@ from typing import Any, Literal
 import cv2
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from harmony.data.blending import blend_generated, check_blending_options
@@ -139,17 +140,37 @@ class HarmonyDataModule(LightningDataModule):
         """Batches of ``dataset`` with this DataModule's batch size and workers.
 
         Shuffled loaders drop the last incomplete batch unless the dataset fits in one batch; workers
-        are persistent and start through :func:`seed_worker`.
+        are persistent and start through :func:`seed_worker`. Under several processes, loaders that are
+        not shuffled (validation, test, prediction) give each process every ``world_size``-th sample,
+        with no sample repeated and none left out (:meth:`unpadded_sampler`).
         """
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=None if shuffle else self.unpadded_sampler(dataset),
             num_workers=self.num_workers,
             drop_last=shuffle and len(dataset) > self.batch_size,
             persistent_workers=self.num_workers > 0,
             worker_init_fn=seed_worker if self.num_workers > 0 else None,
         )
+
+    def unpadded_sampler(self, dataset: Dataset) -> UnrepeatedDistributedSampler | None:
+        """This process's share of an evaluation ``dataset`` when the Trainer runs several processes.
+
+        Lightning would give each process a ``DistributedSampler``, which pads the dataset to a multiple
+        of the number of processes by repeating its first samples, so the evaluator would score those
+        twice. Lightning's own sampler for ``predict`` deals the samples out without repeats instead
+        (one process may get one batch fewer); evaluation needs no lock-step, so it suits test and
+        validation too. Lightning leaves a loader that already has a distributed sampler as it is.
+
+        Returns:
+            ``None`` (the loader's default order) without a Trainer or with a single process.
+        """
+        options = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+        if not options or options["num_replicas"] <= 1:
+            return None
+        return UnrepeatedDistributedSampler(dataset, shuffle=False, **options)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches."""

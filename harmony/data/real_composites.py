@@ -336,6 +336,8 @@ class DualStreamDataModule(HarmonyDataModule):
 
     def setup(self, stage: str) -> None:
         """Set up the supervised DataModule, and the real composites for ``fit``."""
+        # Its evaluation loaders ask the Trainer how many processes share the data (unpadded_sampler).
+        self.supervised.trainer = self.trainer
         self.supervised.setup(stage)
         if stage == "fit" and self.real_dataset is None:
             self.real_dataset = self.make_real_dataset()

@@ -8,7 +8,6 @@ use are shared here, so every method is scored by the same code.
 from __future__ import annotations
 
 import inspect
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,11 +21,17 @@ from PIL import Image
 
 from harmony.data import types as keys
 from harmony.data.composites import blend
-from harmony.data.io import read_mask, read_rgb, save_rgb, to_chw_tensor
+from harmony.data.io import read_mask, read_rgb, save_json, save_rgb, to_chw_tensor
 from harmony.metrics import HarmonizationEvaluator, format_results_table, results_to_json
 from harmony.postprocess import ColorTransfer
 
 Batch = dict[str, Any]
+
+# The evaluator's results are already those of every process (it gathers per-image values before it
+# aggregates), so each process logs the same numbers. Reducing them with "max" leaves them bit for bit
+# (a mean of identical values can round) and keeps Lightning from warning, once per metric, that
+# epoch-level values are not synchronised.
+_ALREADY_GLOBAL: dict[str, Any] = {"sync_dist": True, "reduce_fx": "max"}
 
 
 def save_config_hyperparameters(module: LightningModule, injected: tuple[str, ...]) -> None:
@@ -189,27 +194,32 @@ class HarmonizationModule(LightningModule, ABC):
         overall = self.val_evaluator.compute()["all"]
         self.val_evaluator.reset()
         for metric in ("mse", "psnr", "fmse"):
-            self.log(f"val/{metric}", float(overall[metric]), sync_dist=False)
+            self.log(f"val/{metric}", float(overall[metric]), **_ALREADY_GLOBAL)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         """Score a test batch with the shared evaluator."""
         self._evaluate(batch, self.test_evaluator)
 
     def on_test_epoch_end(self) -> None:
-        """Log every group's metrics, print the results table and write ``test_metrics.json``."""
+        """Log every group's metrics, print the results table and write ``test_metrics.json``.
+
+        Under DDP the evaluator gathers every process's per-image values, so each process holds the
+        results of the whole test set in :attr:`test_results`; only the global-zero process prints them
+        and writes the file.
+        """
         self.test_results = self.test_evaluator.compute()
         self.test_evaluator.reset()
         for group, metrics in self.test_results.items():
             for metric, value in metrics.items():
-                self.log(f"test/{group}/{metric}", float(value), sync_dist=False)
+                self.log(f"test/{group}/{metric}", float(value), **_ALREADY_GLOBAL)
+        # Without a logger, log_dir falls back to the working directory: write nothing there. Every process
+        # asks for it, because under DDP it is a broadcast from rank 0 that all processes must join.
+        log_dir = self.trainer.log_dir if self.trainer.logger is not None else None
         if self.trainer.is_global_zero:
             rank_zero_info(format_results_table(self.test_results, title=type(self).__name__))
-            # Without a logger, log_dir falls back to the working directory: write nothing there.
-            log_dir = self.trainer.log_dir if self.trainer.logger is not None else None
             if log_dir is not None:
                 payload = results_to_json(self.test_evaluator.protocol, self.test_results)
-                Path(log_dir).mkdir(parents=True, exist_ok=True)
-                (Path(log_dir) / "test_metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
+                save_json(Path(log_dir) / "test_metrics.json", payload)
 
     def _log_images(self, batch: Batch, prediction: torch.Tensor, count: int = 4) -> None:
         experiment = getattr(self.logger, "experiment", None)

@@ -76,7 +76,11 @@ class HarmonizationEvaluator(Metric):
     """Scores harmonized images under one :class:`~harmony.metrics.protocol.EvaluationProtocol`.
 
     Safe under DDP: every per-image value is a list state concatenated across processes, subsets
-    included (as CRC-32 codes; a name only another process saw is reported as ``subset_<code>``).
+    included (as CRC-32 codes), and so are the subset names, so every process reports every group by
+    name, also one only another process saw. Each image must be scored by exactly one process (the
+    DataModules' evaluation loaders do not pad, see :meth:`~harmony.data.HarmonyDataModule.make_dataloader`):
+    the results then equal a single process's exactly, since every statistic is a mean (an exactly
+    rounded sum, independent of order) or a count of per-image values.
 
     Args:
         protocol: ``"iharmony4"`` (default), ``"bcmi"``, or an :class:`EvaluationProtocol`.
@@ -108,12 +112,12 @@ class HarmonizationEvaluator(Metric):
             except LpipsUnavailableError as error:
                 self.lpips_unavailable_reason = str(error)
                 warnings.warn(f"LPIPS unavailable: {error}", stacklevel=2)
-        # Every state, subset codes included, is float64 (CRC-32 codes are exact in it), and so is the
-        # placeholder torchmetrics gathers from a process that saw no data: nothing gets promoted to float32.
-        for name in (*_PER_IMAGE_VALUES, "subset_code"):
+        # Every state, subset codes and name bytes included, is float64 (both are exact in it), and so is
+        # the placeholder torchmetrics gathers from a process that saw no data: nothing gets promoted to
+        # float32.
+        for name in (*_PER_IMAGE_VALUES, "subset_code", "subset_names"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
         self.set_dtype(torch.float64)
-        self._subset_names = {subset_code(subset): subset for subset in IHARMONY4_SUBSETS}
 
     @property
     def computes_lpips(self) -> bool:
@@ -156,12 +160,12 @@ class HarmonizationEvaluator(Metric):
         )
         for name, value in values.items():
             getattr(self, name).append(value)
-        codes = []
-        for subset in subsets:
-            code = subset_code(subset)
-            self._subset_names.setdefault(code, subset)
-            codes.append(code)
+        codes = [subset_code(subset) for subset in subsets]
         self.subset_code.append(torch.tensor(codes, dtype=torch.float64, device=prediction.device))
+        # The batch's subset names travel with the codes (UTF-8, each ended by a NUL, which no file or
+        # folder name holds), so a process can name a subset it saw no image of.
+        names = "".join(f"{subset}\0" for subset in dict.fromkeys(subsets)).encode("utf-8")
+        self.subset_names.append(torch.tensor(list(names), dtype=torch.float64, device=prediction.device))
 
     def compute(self) -> dict[str, dict[str, float]]:
         """Aggregate per group: each subset, ``all``, then the foreground-ratio buckets.
@@ -176,9 +180,11 @@ class HarmonizationEvaluator(Metric):
             return {ALL_GROUP: self._summarise({name: empty for name in names})}
         values = {name: dim_zero_cat(getattr(self, name)) for name in names}
         codes = dim_zero_cat(self.subset_code).to(torch.int64)
+        encoded = bytes(dim_zero_cat(self.subset_names).to(torch.uint8).tolist()).decode("utf-8")
+        subset_names = {subset_code(subset): subset for subset in encoded.split("\0")[:-1]}
         selections: dict[str, torch.Tensor] = {}
         for code in codes.unique().tolist():
-            selections[self._subset_names.get(code, f"subset_{code}")] = codes == code
+            selections[subset_names[code]] = codes == code
         selections[ALL_GROUP] = torch.ones_like(codes, dtype=torch.bool)
         ratio = values["fg_ratio"]
         for bucket, low, high in FOREGROUND_BUCKETS:
