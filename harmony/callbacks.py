@@ -1,6 +1,6 @@
 """What makes ``harmony fit`` resumable: random states in checkpoints, a checkpoint on preemption.
 
-:class:`~harmony.cli.HarmonyCLI` adds both callbacks to every run and finds the checkpoint
+:class:`~harmony.lightning_cli.HarmonyCLI` adds both callbacks to every run and finds the checkpoint
 ``--ckpt_path last`` means (:func:`last_checkpoint`). README, "Resume and preemption", says what a resumed
 run reproduces exactly.
 """

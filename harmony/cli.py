@@ -1,4 +1,8 @@
-"""The ``harmony`` command: LightningCLI (fit/validate/test/predict) plus the toolkit's own commands."""
+"""The ``harmony`` command: LightningCLI (fit/validate/test/predict) plus the toolkit's own commands.
+
+This module imports only the standard library: each command imports what it needs when it runs (the
+Lightning ones :mod:`harmony.lightning_cli`), so ``harmony --version`` and ``--help`` start at once.
+"""
 
 from __future__ import annotations
 
@@ -11,20 +15,8 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
 
-from jsonargparse import Namespace
-from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import ArgsType, LightningCLI
-
-# Imported so LightningCLI's subclass mode can resolve short class names.
-import harmony.data  # noqa: E402,F401
-import harmony.methods  # noqa: E402,F401
 from harmony import __version__
-from harmony.callbacks import PreemptionCheckpoint, RandomState, last_checkpoint
-from harmony.data import HarmonyDataModule  # noqa: E402
 from harmony.errors import HarmonyInputError, Terminated
 
 TOOL_COMMANDS: dict[str, tuple[str, str]] = {
@@ -70,81 +62,14 @@ LIGHTNING_COMMANDS = {
 }
 
 
-class HarmonyCLI(LightningCLI):
-    """LightningCLI in subclass mode over every harmony model and DataModule.
+def __getattr__(name: str) -> object:
+    # The Lightning CLI lives apart so that `harmony --version`, `--help` and the tool commands do not
+    # import Lightning; `from harmony.cli import make_cli, HarmonyCLI` keeps working.
+    if name in ("HarmonyCLI", "make_cli"):
+        from harmony import lightning_cli
 
-    The model base is ``LightningModule``, not ``HarmonizationModule``, so models that harmonize nothing
-    (:class:`~harmony.methods.diffharmony.HarmonyClassifier`) train and test the same way.
-
-    ``fit`` is resumable (README, "Resume and preemption"): the default ``ModelCheckpoint`` keeps
-    ``last.ckpt``, Lightning's default logger writes to one folder per experiment instead of a new
-    ``version_<n>`` per run, and ``--ckpt_path last`` fails when there is nothing to resume from.
-    """
-
-    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The Trainer, with a ``ModelCheckpoint`` writing ``last.ckpt`` at each epoch end by default.
-
-        It stands in for Lightning's default one (``epoch=<e>-step=<s>.ckpt``) when checkpointing is on
-        and the config's ``trainer.callbacks`` hold no ``ModelCheckpoint``; a config's own is kept as it is.
-        """
-        trainer = self.config_init.get(str(self.subcommand), self.config_init).trainer
-        callbacks = trainer.callbacks if isinstance(trainer.callbacks, list) else [trainer.callbacks]
-        callbacks = [callback for callback in callbacks if callback is not None]
-        if trainer.enable_checkpointing is not False and not any(
-            isinstance(callback, ModelCheckpoint) for callback in callbacks
-        ):
-            # Without a monitor the newest checkpoint is the only one kept, so naming it "last" gives
-            # `--ckpt_path last` its file; save_last=True would write the same weights a second time.
-            last = ModelCheckpoint(filename="last", enable_version_counter=False)
-            kwargs.setdefault("callbacks", [*callbacks, last])
-        return super().instantiate_trainer(**kwargs)
-
-    def before_instantiate_classes(self) -> None:
-        """``fit`` with the default logger logs to ``lightning_logs/<config names>`` under the root dir."""
-        if self.subcommand != "fit" or self.config.fit.trainer.logger not in (None, True):
-            return
-        trainer = self.config.fit.trainer
-        # The same experiment resumes in the same folder; another default_root_dir is another run.
-        name = "+".join(Path(str(config)).stem for config in self.config.fit.get("config") or []) or "run"
-        trainer.logger = Namespace(
-            class_path="lightning.pytorch.loggers.TensorBoardLogger",
-            init_args=Namespace(
-                save_dir=trainer.default_root_dir or ".", name="lightning_logs", version=name
-            ),
-        )
-
-    def before_fit(self) -> None:
-        """Resolve ``--ckpt_path last`` to the newest checkpoint; refuse to start from scratch without one."""
-        if self.config_init.fit.get("ckpt_path") != "last":
-            return
-        path, folders = last_checkpoint(self.trainer)
-        if path is None:
-            searched = folders[0] if folders else self.trainer.default_root_dir
-            raise HarmonyInputError(searched, "no checkpoint to resume from (--ckpt_path last)")
-        self.config_init.fit.ckpt_path = str(path)
-
-
-def make_cli(args: list[str] | None, run: bool = True) -> HarmonyCLI:
-    """Build the LightningCLI every harmony entry point uses (``run=False``: instantiate only).
-
-    Args:
-        args: The arguments (``None``: ``sys.argv``).
-        run: Run the subcommand (``False``: only instantiate the classes).
-    """
-    return HarmonyCLI(
-        LightningModule,
-        HarmonyDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [RandomState(), PreemptionCheckpoint()]},
-        # Parse errors raise instead of printing usage: run_tool reports them in one line.
-        parser_kwargs={"exit_on_error": False},
-        seed_everything_default=0,
-        run=run,
-        args=args,
-    )
+        return getattr(lightning_cli, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _usage() -> str:
@@ -255,7 +180,7 @@ def run_tool(command: Callable[[list[str]], int], argv: list[str], handle_sigter
         return 1
 
 
-def main(args: ArgsType = None) -> int:
+def main(args: list[str] | None = None) -> int:
     """Entry point of ``harmony`` and ``python -m harmony``.
 
     Args:
@@ -286,6 +211,8 @@ def main(args: ArgsType = None) -> int:
         # LightningCLI reads sys.argv: Lightning's `ddp` launcher starts the other ranks with it, so it
         # must hold these arguments (and not `--debug`, or what a test passes to main()).
         shell_arguments, sys.argv[1:] = sys.argv[1:], arguments
+        from harmony.lightning_cli import make_cli
+
         try:
             make_cli(None)
         finally:

@@ -224,3 +224,13 @@ def test_check_data_takes_partial_roots_folders_without_ground_truth_and_warns(
         shutil.copy(record.mask, folders / "mask" / f"{record.composite.stem}.png")
     assert main(["check-data", "--root", str(folders), "--dataset", "folders", "--split", "test"]) == 0
     assert "2 samples, no ground truth (checked without)" in capsys.readouterr().out
+
+
+def test_the_entry_point_imports_no_heavy_library() -> None:
+    """`harmony --version` and `--help` start at once: harmony.cli loads neither torch nor Lightning."""
+    heavy = "('torch', 'lightning', 'numpy')"
+    code = f"import sys, harmony.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+    version = subprocess.run([sys.executable, "-m", "harmony", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("harmony ")

@@ -64,7 +64,7 @@ def write_folder(folder: Path, write: Callable[[Path], None]) -> None:
 
 def build_model(config: Path, overrides: list[str], load: bool = True) -> lightning.LightningModule:
     """The model of an experiment config with ``--model...`` overrides (its pretrained weights loaded)."""
-    from harmony.cli import make_cli
+    from harmony.lightning_cli import make_cli
 
     model = make_cli(["--config", str(config), *overrides, "--trainer.logger=false"], run=False).model
     if load and hasattr(model, "load_pretrained"):

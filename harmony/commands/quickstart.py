@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.config.is_file():
         raise HarmonyInputError(args.config, "config file not found")
 
-    from harmony.cli import make_cli
+    from harmony.lightning_cli import make_cli
 
     cli = make_cli(["--config", str(args.config), *args.overrides, *unknown], run=False)
     model, datamodule, trainer = cli.model, cli.datamodule, cli.trainer

@@ -34,7 +34,7 @@ def count_parameters(module: nn.Module) -> dict[str, object]:
 
 def build_model(configs: list[str], overrides: list[str]) -> nn.Module:
     """Instantiate the ``model`` of one or more composed LightningCLI configs."""
-    from harmony.cli import make_cli
+    from harmony.lightning_cli import make_cli
 
     args: list[str] = []
     for config in configs:

@@ -91,7 +91,7 @@ def load_pih_release(path: Path, config: Path) -> SemiSupervisedParametric:
         HarmonyInputError: The file is not a PIH checkpoint, or a weight is missing, unexpected or of
             another shape than the configured model's.
     """
-    from harmony.cli import make_cli
+    from harmony.lightning_cli import make_cli
 
     try:
         state = pih_state_from_release(read_pih_release(path))
