@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class HarmonyInputError(ValueError):
@@ -32,3 +33,24 @@ class Terminated(BaseException):
     A ``BaseException``, like ``KeyboardInterrupt``, so ``except Exception`` blocks do not swallow it and
     every ``finally`` on the way out runs: temporary files are removed and nothing half-written is left.
     """
+
+
+def load_strictly(module: Any, state: dict, where: str | Path | None, problem: str) -> None:
+    """``module.load_state_dict(state, strict=True)``, a mismatch raised as one :class:`HarmonyInputError`.
+
+    Args:
+        module: A ``torch.nn.Module``.
+        state: The weights to load.
+        where: The file or folder they come from (named in the message).
+        problem: What a mismatch means, e.g. ``weights do not fit the VAE``; the first missing,
+            unexpected or misshapen key follows it in brackets.
+
+    Raises:
+        HarmonyInputError: Some key is missing or unexpected, or some shape differs.
+    """
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        # torch's first line only names the module; the second is the first mismatch.
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise HarmonyInputError(where, f"{problem} ({lines[min(1, len(lines) - 1)]})") from None

@@ -32,7 +32,7 @@ import torch
 
 from harmony.commands.arguments import ToolArgumentParser
 from harmony.data.io import atomic_path, usual_mode
-from harmony.errors import HarmonyInputError
+from harmony.errors import HarmonyInputError, load_strictly
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RELEASES = {
@@ -182,11 +182,7 @@ def import_r2r_diff_base(release: str, source: Path, output: Path, config: Path)
     unet_folder = output.with_name(f"{output.stem}_unet")
     model = build_model(config, [f"--model.init_args.unet_pretrained={unet_folder.resolve()}"], load=False)
     converted = convert_ldm_unet_checkpoint(unet_state, dict(model.unet.config))
-    try:
-        model.unet.load_state_dict(converted, strict=True)
-    except RuntimeError as error:
-        first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
-        raise HarmonyInputError(source, f"its UNet does not fit the configured one ({first})") from None
+    load_strictly(model.unet, converted, source, "its UNet does not fit the configured one")
     if len(converted) != len(unet_state):
         raise HarmonyInputError(
             source, f"{len(unet_state) - len(converted)} UNet weights have no diffusers name"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from harmony.errors import HarmonyInputError
+from harmony.errors import HarmonyInputError, load_strictly
 from harmony.methods.diffharmony.harmony_vae import HarmonyVAEModel
 
 RELEASE_PREFIXES = {
@@ -125,9 +125,5 @@ def load_released_condition_vae(folder: str | Path) -> HarmonyVAEModel:
     arguments["mask_channels"] = config.get("additional_in_channels", 1)
     model = HarmonyVAEModel(**arguments)
     state = harmony_vae_state_from_release(read_diffusers_weights(folder))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
-        raise HarmonyInputError(folder, f"weights do not fit the Harmony-VAE ({first})") from None
+    load_strictly(model, state, folder, "weights do not fit the Harmony-VAE")
     return model

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, ControlNetModel
 
-from harmony.errors import HarmonyInputError
+from harmony.errors import HarmonyInputError, load_strictly
 from harmony.methods.diffharmony.released_weights import read_diffusers_weights
 from harmony.methods.r2r.adaptive_filter import fixed_kernels
 from harmony.methods.r2r.clear_vae import ClearVAESkips
@@ -187,16 +187,6 @@ def _accepted(config: dict, cls: type) -> dict:
     return {key: value for key, value in config.items() if key in names}
 
 
-def _load_strictly(module: torch.nn.Module, state: dict[str, torch.Tensor], folder: Path, what: str) -> None:
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        raise HarmonyInputError(
-            folder, f"weights do not fit the {what} ({lines[min(1, len(lines) - 1)]})"
-        ) from None
-
-
 def load_released_clear_vae(folder: str | Path) -> tuple[AutoencoderKL, ClearVAESkips]:
     """The released ``clear_vae/`` folder as a diffusers VAE and its :class:`ClearVAESkips`, loaded strictly.
 
@@ -214,8 +204,8 @@ def load_released_clear_vae(folder: str | Path) -> tuple[AutoencoderKL, ClearVAE
     vae = AutoencoderKL(**arguments)
     skips = ClearVAESkips.from_vae(vae)
     vae_state, skips_state = clear_vae_state_from_release(read_diffusers_weights(folder))
-    _load_strictly(vae, vae_state, folder, "VAE")
-    _load_strictly(skips, skips_state, folder, "Clear-VAE's skips")
+    load_strictly(vae, vae_state, folder, "weights do not fit the VAE")
+    load_strictly(skips, skips_state, folder, "weights do not fit the Clear-VAE's skips")
     return vae, skips
 
 
@@ -232,6 +222,6 @@ def load_released_controller(folder: str | Path) -> tuple[ControlNetModel, MACAB
     controlnet = ControlNetModel(**_accepted(config, ControlNetModel))
     maca = MACABank.from_controlnet(controlnet)
     controlnet_state, maca_state = controller_state_from_release(read_diffusers_weights(folder))
-    _load_strictly(controlnet, controlnet_state, folder, "ControlNet")
-    _load_strictly(maca, maca_state, folder, "MACAs")
+    load_strictly(controlnet, controlnet_state, folder, "weights do not fit the ControlNet")
+    load_strictly(maca, maca_state, folder, "weights do not fit the MACAs")
     return controlnet, maca

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from harmony.errors import HarmonyInputError
+from harmony.errors import HarmonyInputError, load_strictly
 from harmony.methods.semi_supervised_parametric.semi_supervised_parametric import SemiSupervisedParametric
 
 RELEASE_PREFIXES = {
@@ -102,10 +102,5 @@ def load_pih_release(path: Path, config: Path) -> SemiSupervisedParametric:
     model = make_cli(["--config", str(config), "--trainer.logger=false"], run=False).model
     if not isinstance(model, SemiSupervisedParametric):
         raise HarmonyInputError(config, f"builds a {type(model).__name__}, not a SemiSupervisedParametric")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        first = lines[1] if len(lines) > 1 else lines[0]
-        raise HarmonyInputError(path, f"does not fit the configured PIH model ({first})") from None
+    load_strictly(model, state, path, "does not fit the configured PIH model")
     return model

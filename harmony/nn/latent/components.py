@@ -28,7 +28,7 @@ import torch
 from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
 from diffusers.models.modeling_utils import ModelMixin
 
-from harmony.errors import HarmonyInputError
+from harmony.errors import HarmonyInputError, load_strictly
 
 log = logging.getLogger(__name__)
 
@@ -122,14 +122,6 @@ def build_controlnet(
     return ControlNetModel.from_config(options)
 
 
-def _load_state(module: torch.nn.Module, state: dict, where: str | None, problem: str) -> None:
-    """``module.load_state_dict(state)``, a mismatch reported as one line naming ``where``."""
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as error:
-        raise HarmonyInputError(where, f"{problem} ({str(error).splitlines()[0]})") from None
-
-
 @torch.no_grad()
 def initialize_controlnet_from_unet(controlnet: ControlNetModel, unet: UNet2DConditionModel) -> None:
     """Copy a UNet's input, time-embedding, encoder and mid-block weights into a ControlNet.
@@ -153,7 +145,7 @@ def initialize_controlnet_from_unet(controlnet: ControlNetModel, unet: UNet2DCon
         if getattr(controlnet, name, None) is not None and getattr(unet, name, None) is not None:
             pairs.append((getattr(controlnet, name), getattr(unet, name)))
     for target, source in pairs:
-        _load_state(
+        load_strictly(
             target, source.state_dict(), None, "the ControlNet does not match the UNet's architecture"
         )
 
@@ -182,7 +174,7 @@ def load_pretrained_weights(module: ModelMixin, source: str, subfolder: str | No
         raise HarmonyInputError(
             where, f"cannot load pretrained {type(module).__name__} weights ({error})"
         ) from None
-    _load_state(module, pretrained.state_dict(), where, "weights do not fit the configured architecture")
+    load_strictly(module, pretrained.state_dict(), where, "weights do not fit the configured architecture")
     # The latent scale belongs to the trained weights, not to the architecture.
     for key in ("scaling_factor", "shift_factor"):
         value = pretrained.config.get(key)
