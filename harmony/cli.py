@@ -28,6 +28,7 @@ TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "check-data": ("harmony.commands.check_data", "check a data set's files, sizes, masks and split counts"),
     "stats": ("harmony.commands.stats", "foreground-ratio counts per bucket and subset, and their CDF plot"),
     "harmonize": ("harmony.commands.harmonize", "harmonize your own image(s) at any resolution"),
+    "export": ("harmony.commands.export", "export a parametric checkpoint's networks to ONNX"),
     "build-rpharmony": (
         "harmony.commands.build_rpharmony",
         "make an RPHarmony-style data set from photos with masks (Random Poisson Blending)",

@@ -10,12 +10,16 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-# Imported so LightningCLI's subclass mode can resolve short class names.
-import harmony.data  # noqa: F401
-import harmony.methods  # noqa: F401
+import harmony.data
+import harmony.methods
 from harmony.callbacks import PreemptionCheckpoint, RandomState, last_checkpoint
 from harmony.data import HarmonyDataModule
 from harmony.errors import HarmonyInputError
+from harmony.lazy import import_all
+
+# Every class imported, so LightningCLI's subclass mode can resolve short class names.
+import_all(harmony.data)
+import_all(harmony.methods)
 
 
 class HarmonyCLI(LightningCLI):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from tests.fixtures.trees import make_iharmony4_tree
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# harmonize's ONNX exports of checkpoints are cached here, not in the user's ~/.cache (subprocesses too).
+os.environ["HARMONY_CACHE"] = tempfile.mkdtemp(prefix="harmony-test-cache-")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
@@ -54,6 +57,22 @@ def fit_tiny(config: str, root: Path, run: Path, steps: int, *extra: str) -> Pat
     assert main([*args, *extra, f"--trainer.default_root_dir={run}"]) == 0
     (checkpoint,) = (run / "checkpoints").glob("*.ckpt")
     return checkpoint
+
+
+@pytest.fixture(scope="session")
+def randomised_parametric_checkpoint(iharmony4_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SemiSupervisedParametric checkpoint with randomised weights (outputs far from the identity)."""
+    trained = fit_tiny(
+        "semi_supervised_parametric_iharmony4.yaml", iharmony4_root, tmp_path_factory.mktemp("run"), 1
+    )
+    contents = torch.load(trained, map_location="cpu", weights_only=True)
+    generator = torch.Generator().manual_seed(0)
+    for name, value in contents["state_dict"].items():
+        if value.is_floating_point() and "running" not in name:
+            contents["state_dict"][name] = value + torch.randn(value.shape, generator=generator) * 0.05
+    path = tmp_path_factory.mktemp("randomised") / "parametric.ckpt"
+    torch.save(contents, path)
+    return path
 
 
 @pytest.fixture(scope="session")

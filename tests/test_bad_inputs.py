@@ -305,13 +305,12 @@ def test_a_multi_file_result_appears_whole_or_not_at_all(
     def failing_export(*args: object, **kwargs: object) -> str:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "curves.json"))
 
+    from harmony.methods.base import HarmonizationModule
+
     monkeypatch.setattr(harmonize, "curves_to_json", failing_export)
-    monkeypatch.setattr(
-        harmonize.HarmonizationModule, "estimate_adjustments", _fake_adjustments, raising=False
-    )
-    monkeypatch.setattr(
-        harmonize.HarmonizationModule, "apply_adjustments", staticmethod(_fake_apply), raising=False
-    )
+    monkeypatch.setattr(HarmonizationModule, "estimate_adjustments", _fake_adjustments, raising=False)
+    monkeypatch.setattr(HarmonizationModule, "apply_adjustments", staticmethod(_fake_apply), raising=False)
+    monkeypatch.setattr(HarmonizationModule, "num_knots", 32, raising=False)
     arguments = [
         *_harmonize("c.png", "m.png", "o.png")(source, out),
         "--export-curves",
@@ -323,11 +322,9 @@ def test_a_multi_file_result_appears_whole_or_not_at_all(
 
 
 def _fake_adjustments(self: object, composite: np.ndarray, mask: np.ndarray) -> object:
-    import torch
-
     from harmony.methods.semi_supervised_parametric import ParametricAdjustments
 
-    return ParametricAdjustments(torch.linspace(0, 1, 32).expand(3, 32), None)
+    return ParametricAdjustments(np.linspace(0, 1, 32, dtype=np.float32)[None].repeat(3, 0), None)
 
 
 def _fake_apply(

@@ -21,15 +21,12 @@ from harmony.methods.semi_supervised_parametric import (
     CurvePredictor,
     SemiSupervisedParametric,
 )
+from harmony.methods.semi_supervised_parametric.any_resolution import curves_to_uint8_table
 from harmony.methods.semi_supervised_parametric.released_weights import (
     RELEASE_PREFIXES,
     pih_state_from_release,
 )
-from harmony.methods.semi_supervised_parametric.rgb_curves import (
-    apply_curves,
-    cell_centre_curves,
-    curves_to_uint8_table,
-)
+from harmony.methods.semi_supervised_parametric.rgb_curves import apply_curves, cell_centre_curves
 from harmony.methods.semi_supervised_parametric.shading_map import ReleasedShadingUNet
 from tests.conftest import REPO_ROOT, write_composite_and_mask
 
@@ -89,7 +86,10 @@ def test_65_knot_curves_are_the_release_lut_cell_centre_curves() -> None:
     torch.testing.assert_close(apply_curves(images, curves), _release_lut(values, images), atol=1e-6, rtol=0)
     levels = (torch.arange(256) / 255.0).expand(1, 3, 1, 256)
     torch.testing.assert_close(
-        curves_to_uint8_table(curves[0]), _release_lut(values[:1], levels)[0, :, 0], atol=1e-6, rtol=0
+        torch.from_numpy(curves_to_uint8_table(curves[0].numpy())),
+        _release_lut(values[:1], levels)[0, :, 0],
+        atol=1e-6,
+        rtol=0,
     )
 
 

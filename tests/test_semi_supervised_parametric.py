@@ -35,7 +35,8 @@ from harmony.methods.semi_supervised_parametric import (
     ShadingUNet,
     UNetDiscriminatorSN,
 )
-from harmony.methods.semi_supervised_parametric.rgb_curves import apply_curves, curves_to_cube
+from harmony.methods.semi_supervised_parametric.any_resolution import curves_to_cube
+from harmony.methods.semi_supervised_parametric.rgb_curves import apply_curves
 from tests.conftest import REPO_ROOT
 
 CONFIGS = REPO_ROOT / "tests" / "configs"
@@ -133,10 +134,11 @@ def test_exported_cube_reproduces_the_curves(lut_size: int) -> None:
     randomise_curves(model)
     composite, mask = image_and_mask()
     adjustments = model.estimate_adjustments(composite, mask)
-    assert not torch.allclose(adjustments.curves, torch.linspace(0, 1, 32).expand(3, 32), atol=0.01)
+    assert not np.allclose(adjustments.curves, np.linspace(0, 1, 32)[None].repeat(3, 0), atol=0.01)
     table = read_cube(curves_to_cube(adjustments.curves, lut_size))
     image = np.random.default_rng(1).random((40, 50, 3))
-    expected = apply_curves(torch.from_numpy(image).permute(2, 0, 1)[None].float(), adjustments.curves[None])
+    curves = torch.from_numpy(adjustments.curves)[None]
+    expected = apply_curves(torch.from_numpy(image).permute(2, 0, 1)[None].float(), curves)
     expected = expected[0].permute(1, 2, 0).numpy()
     assert np.abs(apply_cube(table, image) - expected).max() < 1 / 255
     # And the module's full-resolution output inside the mask is exactly the curve applied to the pixel.
@@ -573,21 +575,24 @@ def test_harmonize_rgba_folders_baselines_and_errors(
 
 
 @pytest.mark.parametrize(("height", "width"), [(1500, 1100), (300, 700), (1030, 513)])
-def test_full_resolution_work_in_bands_equals_the_whole_image_at_once(height: int, width: int) -> None:
-    """Downsampling in row bands is bit-identical; the banded gain equals the whole map within 1e-6."""
-    from harmony.methods.semi_supervised_parametric.semi_supervised_parametric import (
-        ParametricAdjustments,
-        _downsample,
-        _resize,
-    )
+def test_full_resolution_work_in_bands_equals_torch_on_the_whole_image(height: int, width: int) -> None:
+    """The banded NumPy downsampling and gain upsampling equal torch's on the whole image within 1e-6."""
+    import torch.nn.functional as F
+
+    from harmony.methods.semi_supervised_parametric.any_resolution import ParametricAdjustments, downsample
+    from harmony.methods.semi_supervised_parametric.semi_supervised_parametric import _resize
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    whole = _resize(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255, 512)
-    assert torch.equal(_downsample(image, 512, 255.0), whole)
-    adjustments = ParametricAdjustments(torch.rand(3, 32), torch.rand(1, 1, 64, 64) * 0.5 + 0.5)
+    whole = _resize(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255, 512)[0].numpy()
+    np.testing.assert_allclose(downsample(image, 512, 255.0), whole, atol=1e-6, rtol=0)
+    gain = torch.rand(1, 1, 64, 64) * 0.5 + 0.5
+    adjustments = ParametricAdjustments(
+        np.random.default_rng(1).random((3, 32), dtype=np.float32), gain[0, 0].numpy()
+    )
     bands = [
         adjustments.gain_rows(height, width, slice(top, min(top + 256, height)))
         for top in range(0, height, 256)
     ]
-    np.testing.assert_allclose(np.concatenate(bands), adjustments.gain_at(height, width).numpy(), atol=1e-6)
+    expected = F.interpolate(gain, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
+    np.testing.assert_allclose(np.concatenate(bands), expected, atol=1e-6, rtol=0)

@@ -13,6 +13,12 @@ only: use the mask as the adjustment layer's mask.
 et al. 2023 (:mod:`harmony.postprocess.color_transfer`) at the image's full resolution: the output keeps
 its hue and saturation and takes the composite's V (L) channel, matched to the background's mean and
 standard deviation. The exports describe the method's own adjustments, so they are not combined with it.
+
+A parametric model's networks run with ONNX Runtime by default (``--runtime auto``): an ``.onnx`` file
+from ``harmony export`` directly, a ``.ckpt`` through an export made on its first use and cached
+(:func:`harmony.api.load_runner`). Either way the command then never imports torch, which is most of its
+start-up; everything around the networks is NumPy and Pillow
+(:mod:`harmony.methods.semi_supervised_parametric.any_resolution`).
 """
 
 from __future__ import annotations
@@ -22,15 +28,14 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import get_args
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
+from harmony.api import RUNTIMES, load_runner
 from harmony.commands.arguments import ToolArgumentParser
-from harmony.commands.checkpoints import load_checkpoint_model
 from harmony.data.io import (
     atomic_path,
     atomic_paths,
@@ -44,13 +49,18 @@ from harmony.data.io import (
 )
 from harmony.data.records import list_matched_folders
 from harmony.errors import HarmonyInputError
-from harmony.methods.base import HarmonizationModule
-from harmony.methods.semi_supervised_parametric.rgb_curves import (
+from harmony.methods.semi_supervised_parametric.any_resolution import (
     curves_to_cube,
     curves_to_json,
     lut_size_is_exact,
+    shading_image,
 )
-from harmony.postprocess import ColorTransferSpace, make_color_transfer
+
+if TYPE_CHECKING:
+    import torch
+
+COLOR_TRANSFER_CHOICES = ("none", "hsv", "hsl")
+"""``--color-transfer``'s choices: :data:`harmony.postprocess.ColorTransferSpace`, without importing torch."""
 
 
 @dataclass
@@ -88,6 +98,8 @@ class Job:
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` → CUDA when available, else CPU."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -95,23 +107,12 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_method(checkpoint: Path | None, method: str | None, device: torch.device) -> HarmonizationModule:
-    """Build the harmonizer: a ``harmony fit`` checkpoint, or a training-free method by class name."""
-    import harmony.methods
+def load_method(checkpoint: Path | None, method: str | None, device: str, runtime: str = "auto") -> Any:
+    """Build the harmonizer: a checkpoint (``.ckpt`` or ``.onnx``) or a training-free method by class name.
 
-    if method is not None:
-        cls = getattr(harmony.methods, method, None)
-        if not (isinstance(cls, type) and issubclass(cls, HarmonizationModule)):
-            raise HarmonyInputError(None, f"unknown method '{method}' (see harmony.methods)")
-        try:
-            model = cls()
-        except TypeError:
-            raise HarmonyInputError(
-                None, f"{method} needs trained weights: pass --checkpoint instead"
-            ) from None
-        return model.to(device).eval()
-    assert checkpoint is not None
-    return load_checkpoint_model(checkpoint, HarmonizationModule, "a harmony method", device)
+    See :func:`harmony.api.load_runner` (which runtime runs what).
+    """
+    return load_runner(checkpoint, method, device, runtime)
 
 
 def read_inputs(composite_path: Path, mask_path: Path | None) -> tuple[np.ndarray, np.ndarray]:
@@ -155,28 +156,52 @@ def plan_jobs(args: argparse.Namespace) -> list[Job]:
         raise HarmonyInputError(output, "--composite is a folder, so --output must be a folder too")
     if output.resolve() == composite.resolve():
         raise HarmonyInputError(output, "would overwrite the composites")
+    return plan_folder_jobs(composite, mask, output, args.mask_suffix, exports)
+
+
+def plan_folder_jobs(
+    composite: Path,
+    mask: Path | None,
+    output: Path,
+    mask_suffix: str = "",
+    exports: dict[str, Path | None] | None = None,
+) -> list[Job]:
+    """One job per image of the folder ``composite`` (masks matched by stem, or alpha channels).
+
+    Args:
+        composite: The folder of composites.
+        mask: The folder of masks, or ``None`` for the composites' alpha channels.
+        output: The output folder (``<stem>.png`` each).
+        mask_suffix: Extra text after the stem in mask names.
+        exports: Folders for the ``lut``, ``curves`` and ``shading`` exports, if wanted.
+    """
+    exports = exports or {}
     if mask is None:
         pairs = [(path, None) for path in list_images(composite)]
     else:
         pairs = [
             (r.composite, r.mask)
-            for r in list_matched_folders(composite, mask, None, mask_suffix=args.mask_suffix)
+            for r in list_matched_folders(composite, mask, None, mask_suffix=mask_suffix)
         ]
+    folders = {name: exports.get(name) for name in ("lut", "curves", "shading")}
+    names = {"lut": "{}.cube", "curves": "{}.json", "shading": "{}_shading.png"}
     jobs = []
     for image, image_mask in pairs:
-        stem = image.stem
         targets = {
-            "lut": None if exports["lut"] is None else Path(exports["lut"]) / f"{stem}.cube",
-            "curves": None if exports["curves"] is None else Path(exports["curves"]) / f"{stem}.json",
-            "shading": None
-            if exports["shading"] is None
-            else Path(exports["shading"]) / f"{stem}_shading.png",
+            name: None if folder is None else Path(folder) / names[name].format(image.stem)
+            for name, folder in folders.items()
         }
-        jobs.append(Job(image, image_mask, output / f"{stem}.png", **targets))
+        jobs.append(Job(image, image_mask, output / f"{image.stem}.png", **targets))
     return jobs
 
 
-def run_job(model: HarmonizationModule, job: Job, lut_size: int | None) -> None:
+def write_job(job: Job, harmonized: np.ndarray) -> None:
+    """Write a job's harmonized image (atomically: it appears whole or not at all)."""
+    with atomic_path(job.output) as temporary:
+        write_rgb(temporary, harmonized, image_format(job.output))
+
+
+def run_job(model: Any, job: Job, lut_size: int | None) -> None:
     """Harmonize one image and write its output and exports, all of them or none."""
     composite, mask = read_inputs(job.composite, job.mask)
     if not (mask >= 0.5).any():
@@ -193,18 +218,12 @@ def run_job(model: HarmonizationModule, job: Job, lut_size: int | None) -> None:
     output_format = image_format(job.output)
     parametric = hasattr(model, "estimate_adjustments") and model.output_postprocess is None
     if not job.exports() and not parametric:
-        harmonized = model.postprocess_image(model.harmonize_image(composite, mask), composite, mask)
-        with atomic_path(job.output) as temporary:
-            write_rgb(temporary, harmonized, output_format)
+        write_job(job, model.postprocess_image(model.harmonize_image(composite, mask), composite, mask))
         return
     adjustments = model.estimate_adjustments(composite, mask)  # type: ignore[operator]
     # The composite is not needed afterwards: harmonizing it in place keeps one image-sized buffer fewer.
     harmonized = model.apply_adjustments(composite, mask, adjustments, in_place=True)  # type: ignore[operator]
-    shading = None
-    if job.shading is not None:
-        gain = adjustments.gain_at(*mask.shape).cpu().numpy()
-        shading = np.clip((gain * mask + (1.0 - mask)) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        del gain
+    shading = shading_image(adjustments, mask) if job.shading is not None else None
     # The float mask (4 bytes a pixel) is freed before the image is encoded, the peak of a huge image.
     del composite, mask
     with atomic_paths(job.targets()) as temporaries:
@@ -252,13 +271,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--export-shading", help="write the shading multiplier as a grayscale PNG")
     parser.add_argument(
         "--color-transfer",
-        choices=get_args(ColorTransferSpace),
+        choices=COLOR_TRANSFER_CHOICES,
         default="none",
         help="post-process the output with Li et al. 2023's colour transfer: keep its hue and saturation, "
         "take the composite's V (hsv) or L (hsl) matched to the background's mean and std (default: none)",
     )
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the networks run"
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="auto",
+        help="what runs the networks. auto (default): ONNX Runtime for a parametric checkpoint on the CPU, "
+        "exported once and cached (the fastest; later runs do not import torch), PyTorch for the rest; "
+        "an .onnx --checkpoint always runs with ONNX Runtime",
     )
     parser.add_argument(
         "--overwrite",
@@ -272,8 +299,18 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``harmony harmonize``; returns the exit status (user errors raise ``HarmonyInputError``)."""
     args = build_parser().parse_args(argv)
     jobs = plan_jobs(args)
-    model = load_method(args.checkpoint, args.method, resolve_device(args.device))
-    model.output_postprocess = make_color_transfer(args.color_transfer)
+    runtime = args.runtime
+    if args.color_transfer != "none":
+        if runtime == "onnx" or (args.checkpoint is not None and args.checkpoint.suffix.lower() == ".onnx"):
+            raise HarmonyInputError(
+                args.checkpoint, "--color-transfer needs PyTorch: use the .ckpt checkpoint"
+            )
+        runtime = "torch"
+    model = load_method(args.checkpoint, args.method, args.device, runtime)
+    if args.color_transfer != "none":
+        from harmony.postprocess import make_color_transfer
+
+        model.output_postprocess = make_color_transfer(args.color_transfer)
     name = type(model).__name__
     if any(job.lut or job.curves or job.shading for job in jobs):
         if model.output_postprocess is not None:
@@ -282,11 +319,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         if not hasattr(model, "estimate_adjustments"):
             raise HarmonyInputError(args.checkpoint, f"{name} has no curves or shading map to export")
-        if args.export_shading is not None and getattr(model, "shading_net", None) is None:
+        if args.export_shading is not None and not model.has_shading_map:
             raise HarmonyInputError(
                 args.checkpoint, f"this {name} has no shading map (curves only) to export"
             )
-        knots = int(getattr(getattr(model, "curve_predictor", None), "num_knots", 32))
+        knots = model.num_knots
         if args.lut_size is not None and not lut_size_is_exact(args.lut_size, knots):
             raise HarmonyInputError(
                 None, f"--lut-size must be 1 + a multiple of {knots - 1} (e.g. {knots}, {2 * knots - 1})"

@@ -1,30 +1,25 @@
-"""Data sets, DataModules and the shared batch format (:mod:`harmony.data.types`)."""
+"""Data sets, DataModules and the shared batch format (:mod:`harmony.data.types`).
 
-from harmony.data.datamodules import (
-    FolderDataModule,
-    HarmonyDataModule,
-    HumanHarmonyDataModule,
-    IHarmony4DataModule,
-    RealHMDataModule,
-    RPHarmonyDataModule,
-    TripletFoldersDataModule,
+Names load on first use (:mod:`harmony.lazy`): the readers in :mod:`harmony.data.io` import without
+Lightning or torch.
+"""
+
+from harmony.lazy import attach
+
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "DualStreamDataModule": ".real_composites",
+        "FolderDataModule": ".datamodules",
+        "HarmonyDataModule": ".datamodules",
+        "HumanHarmonyDataModule": ".datamodules",
+        "IHarmony4DataModule": ".datamodules",
+        "RPHarmonyDataModule": ".datamodules",
+        "RealHMDataModule": ".datamodules",
+        "RetouchPairsDataModule": ".real_composites",
+        "SyntheticHarmonyDataModule": ".synthetic_datamodule",
+        "TripletDataset": ".datasets",
+        "TripletFoldersDataModule": ".datamodules",
+        "TripletRecord": ".records",
+    },
 )
-from harmony.data.datasets import TripletDataset
-from harmony.data.real_composites import DualStreamDataModule, RetouchPairsDataModule
-from harmony.data.records import TripletRecord
-from harmony.data.synthetic_datamodule import SyntheticHarmonyDataModule
-
-__all__ = [
-    "DualStreamDataModule",
-    "FolderDataModule",
-    "HarmonyDataModule",
-    "HumanHarmonyDataModule",
-    "IHarmony4DataModule",
-    "RPHarmonyDataModule",
-    "RetouchPairsDataModule",
-    "RealHMDataModule",
-    "SyntheticHarmonyDataModule",
-    "TripletDataset",
-    "TripletFoldersDataModule",
-    "TripletRecord",
-]

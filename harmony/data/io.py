@@ -13,13 +13,15 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from harmony.errors import HarmonyInputError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -172,6 +174,8 @@ def to_chw_tensor(image: np.ndarray) -> torch.Tensor:
     The array is copied, so views (flipped, cropped) and read-only arrays are fine and the tensor never
     shares memory with them. Model inputs in ``[0, 1]`` are ``to_chw_tensor(image).float().div(255)``.
     """
+    import torch  # here, not at the top: the torch-free ONNX path of `harmony harmonize` reads images too
+
     return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)
 
 

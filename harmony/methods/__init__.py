@@ -1,29 +1,27 @@
 """LightningModules: one package per paper, plus the training-free baselines.
 
-How a paper is added: see ``harmony/methods/README.md``.
+How a paper is added: see ``harmony/methods/README.md``. Names load on first use (:mod:`harmony.lazy`):
+``import harmony.methods`` alone imports no method.
 """
 
-from harmony.methods.base import HarmonizationModule
-from harmony.methods.baselines import Composite, HistogramMatching, ReinhardLabTransfer
-from harmony.methods.classifier_guided_ldm import ClassifierFreeDDPM, ClassifierGuidedLDM
-from harmony.methods.diffharmony import DiffHarmony, DiffHarmonyPlusPlus, DiffHarmonyRefinement, HarmonyVAE
-from harmony.methods.latent_diffusion import LatentDiffusionModule
-from harmony.methods.r2r import R2R, ClearVAE
-from harmony.methods.semi_supervised_parametric import SemiSupervisedParametric
+from harmony.lazy import attach
 
-__all__ = [
-    "ClassifierFreeDDPM",
-    "ClassifierGuidedLDM",
-    "ClearVAE",
-    "Composite",
-    "DiffHarmony",
-    "DiffHarmonyPlusPlus",
-    "DiffHarmonyRefinement",
-    "HarmonizationModule",
-    "HarmonyVAE",
-    "HistogramMatching",
-    "LatentDiffusionModule",
-    "R2R",
-    "ReinhardLabTransfer",
-    "SemiSupervisedParametric",
-]
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "ClassifierFreeDDPM": ".classifier_guided_ldm",
+        "ClassifierGuidedLDM": ".classifier_guided_ldm",
+        "ClearVAE": ".r2r",
+        "Composite": ".baselines",
+        "DiffHarmony": ".diffharmony",
+        "DiffHarmonyPlusPlus": ".diffharmony",
+        "DiffHarmonyRefinement": ".diffharmony",
+        "HarmonizationModule": ".base",
+        "HarmonyVAE": ".diffharmony",
+        "HistogramMatching": ".baselines",
+        "LatentDiffusionModule": ".latent_diffusion",
+        "R2R": ".r2r",
+        "ReinhardLabTransfer": ".baselines",
+        "SemiSupervisedParametric": ".semi_supervised_parametric",
+    },
+)

@@ -169,7 +169,7 @@ class MaskedStatisticsEncoder(nn.Module):
         inputs = inputs.float()
         composite, mask = inputs[:, :3].clamp(0, 1), inputs[:, -1:].clamp(0, 1)
         planes = torch.cat([composite, (composite * self.luma).sum(dim=1, keepdim=True)], dim=1)
-        radius = max(1, round(self.ring_width * mask.shape[-1]))
+        radius = max(1, round(self.ring_width * int(mask.shape[-1])))  # int(): a constant when exported
         ring = (nn.functional.max_pool2d(mask, 2 * radius + 1, stride=1, padding=radius) - mask).clamp_min(0)
         features = self.trunk(inputs)
         regions = (mask, ring, 1 - mask)

@@ -15,9 +15,8 @@ piecewise linear with every breakpoint on the grid ``k/64``, so 65 uniform knots
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -64,70 +63,6 @@ def cell_centre_curves(values: torch.Tensor) -> torch.Tensor:
     """
     between = torch.cat([values[..., :1], (values[..., :-1] + values[..., 1:]) / 2], dim=-1)
     return torch.cat([torch.stack([between, values], dim=-1).flatten(-2), values[..., -1:]], dim=-1)
-
-
-def curves_to_uint8_table(curves: torch.Tensor) -> torch.Tensor:
-    """Evaluate ``3×K`` curves at the 256 values an 8-bit channel can take: a ``3×256`` float table."""
-    levels = torch.arange(256, dtype=torch.float32, device=curves.device) / 255.0
-    return apply_curves(levels.expand(1, 3, 1, 256), curves[None].float())[0, :, 0]
-
-
-def lut_size_is_exact(lut_size: int, num_knots: int) -> bool:
-    """Whether a LUT grid of ``lut_size`` points contains every knot (then trilinear lookup is exact)."""
-    return lut_size >= 2 and (lut_size - 1) % (num_knots - 1) == 0
-
-
-def curves_to_cube(
-    curves: torch.Tensor | np.ndarray, lut_size: int | None = None, title: str = "harmony curves"
-) -> str:
-    """Write curves as the text of an Adobe/Resolve ``.cube`` 3D LUT.
-
-    Because the curves act on each channel separately and are linear between knots, trilinear
-    interpolation of a LUT whose grid contains the knots reproduces them exactly.
-
-    Args:
-        curves: ``3×K`` output values at the knots.
-        lut_size: Points per axis; must satisfy ``(lut_size − 1) % (K − 1) == 0`` (default ``K``).
-        title: The LUT's ``TITLE``.
-
-    Returns:
-        The ``.cube`` file's text (red varies fastest, as the format prescribes).
-    """
-    values = torch.as_tensor(
-        np.asarray(curves, dtype=np.float64) if isinstance(curves, np.ndarray) else curves
-    )
-    values = values.detach().double().cpu()
-    num_knots = values.shape[-1]
-    lut_size = num_knots if lut_size is None else lut_size
-    if not lut_size_is_exact(lut_size, num_knots):
-        raise ValueError(f"a {lut_size}-point LUT does not contain the {num_knots} curve knots")
-    grid = torch.linspace(0.0, 1.0, lut_size, dtype=torch.float64)
-    per_channel = apply_curves(grid.expand(1, 3, 1, lut_size), values[None])[0, :, 0].numpy()
-    red, green, blue = np.meshgrid(per_channel[0], per_channel[1], per_channel[2], indexing="ij")
-    # .cube order: red index fastest, then green, then blue.
-    table = np.stack([red, green, blue], axis=-1).transpose(2, 1, 0, 3).reshape(-1, 3)
-    lines = [
-        f'TITLE "{title}"',
-        f"LUT_3D_SIZE {lut_size}",
-        "DOMAIN_MIN 0.0 0.0 0.0",
-        "DOMAIN_MAX 1.0 1.0 1.0",
-    ]
-    lines += [f"{r:.6f} {g:.6f} {b:.6f}" for r, g, b in np.clip(table, 0.0, 1.0)]
-    return "\n".join(lines) + "\n"
-
-
-def curves_to_json(curves: torch.Tensor | np.ndarray) -> dict[str, Any]:
-    """Describe ``3×K`` curves as JSON-ready control points (``x`` fixed, ``y`` predicted)."""
-    values = np.asarray(torch.as_tensor(curves).detach().float().cpu(), dtype=np.float64)
-    knots = np.linspace(0.0, 1.0, values.shape[-1])
-    return {
-        "format": "harmony.rgb_curves/1",
-        "interpolation": "piecewise-linear",
-        "x": [round(float(x), 6) for x in knots],
-        "red": [round(float(y), 6) for y in values[0]],
-        "green": [round(float(y), 6) for y in values[1]],
-        "blue": [round(float(y), 6) for y in values[2]],
-    }
 
 
 class CurvePredictor(nn.Module):

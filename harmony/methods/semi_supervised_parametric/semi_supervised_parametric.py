@@ -9,7 +9,6 @@ per-pixel discriminator (Eq. 3–4) — Sec. 3.2.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -22,52 +21,12 @@ from harmony.data import types as keys
 from harmony.data.composites import paste_background
 from harmony.data.real_composites import BACKGROUND, REAL, SUPERVISED, UNSUPERVISED
 from harmony.methods.base import Batch, HarmonizationModule, save_config_hyperparameters
-from harmony.methods.semi_supervised_parametric.rgb_curves import apply_curves, curves_to_uint8_table
-
-
-@dataclass
-class ParametricAdjustments:
-    """The parametric output for one image: what ``harmony harmonize`` applies and exports.
-
-    Args:
-        curves: ``3×K`` curve values at the knots ``k/(K−1)`` (red, green, blue).
-        gain: ``1×1×h×w`` shading gain at the network's resolution, or ``None`` without a shading map.
-    """
-
-    curves: torch.Tensor
-    gain: torch.Tensor | None
-
-    def gain_at(self, height: int, width: int) -> torch.Tensor | None:
-        """The shading gain bilinearly upsampled to ``height×width`` (``H×W`` float32), if any."""
-        if self.gain is None:
-            return None
-        gain = F.interpolate(self.gain.float(), size=(height, width), mode="bilinear", align_corners=False)
-        return gain[0, 0]
-
-    def gain_rows(self, height: int, width: int, rows: slice) -> np.ndarray | None:
-        """Rows ``rows`` of :meth:`gain_at` (``len(rows)×W`` float32), without the whole map in memory.
-
-        Bilinear upsampling is separable: the columns are interpolated once at the map's height, then
-        each output row is the same two-row blend :func:`torch.nn.functional.interpolate` computes
-        (source row ``(y + ½)·h/H − ½``, clamped at 0), equal to :meth:`gain_at` within 1e-6.
-        """
-        if self.gain is None:
-            return None
-        small_height = self.gain.shape[-2]
-        columns = (
-            F.interpolate(
-                self.gain.float(), size=(small_height, width), mode="bilinear", align_corners=False
-            )[0, 0]
-            .cpu()
-            .numpy()
-        )
-        scale = np.float32(small_height) / np.float32(height)
-        source = np.maximum(scale * (np.arange(rows.start, rows.stop, dtype=np.float32) + 0.5) - 0.5, 0)
-        lower = np.minimum(source.astype(np.int64), small_height - 1)
-        upper = np.minimum(lower + 1, small_height - 1)
-        weight = (source - lower).astype(np.float32)[:, None]
-        return (1 - weight) * columns[lower] + weight * columns[upper]
-
+from harmony.methods.semi_supervised_parametric.any_resolution import (
+    ParametricAdjustments,
+    apply_adjustments,
+    downsample,
+)
+from harmony.methods.semi_supervised_parametric.rgb_curves import apply_curves
 
 INJECTED = (
     "curve_predictor",
@@ -78,38 +37,6 @@ INJECTED = (
     "generator_scheduler",
     "discriminator_scheduler",
 )
-
-
-APPLY_BAND_ROWS = 256
-"""Rows :meth:`SemiSupervisedParametric.apply_adjustments` processes at a time."""
-
-DOWNSAMPLE_BAND_ROWS = 512
-"""Rows :func:`_downsample` converts to float at a time."""
-
-
-def _downsample(image: np.ndarray, size: int, scale: float) -> torch.Tensor:
-    """An ``H×W×C`` array as a ``1×C×size×size`` float tensor (divided by ``scale``), as :func:`_resize` does.
-
-    The antialiased resize is separable, so the width is reduced a band of rows at a time and the height
-    once on the narrow result: the full-resolution image is never held in float (4 bytes a channel),
-    which at 12000×12000 would be 1.7 GB. PyTorch's antialiased resize is itself two such passes, so
-    this equals ``_resize`` of the whole float image bit for bit (tested).
-    """
-    height, width = image.shape[:2]
-    if (height, width) == (size, size):
-        return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32) / scale).permute(2, 0, 1)[None]
-    narrow = []
-    for top in range(0, height, DOWNSAMPLE_BAND_ROWS):
-        band = torch.from_numpy(np.asarray(image[top : top + DOWNSAMPLE_BAND_ROWS], dtype=np.float32))
-        band = band.permute(2, 0, 1)[None] / scale
-        narrow.append(
-            F.interpolate(
-                band, size=(band.shape[-2], size), mode="bilinear", align_corners=False, antialias=True
-            )
-        )
-    return F.interpolate(
-        torch.cat(narrow, dim=-2), size=(size, size), mode="bilinear", align_corners=False, antialias=True
-    )
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -302,56 +229,45 @@ class SemiSupervisedParametric(HarmonizationModule):
         return self.render(composite, mask, curves, gain)
 
     # --- any-resolution use ------------------------------------------------------------------------
+    @property
+    def num_knots(self) -> int:
+        """Knots of the predicted curves (what a ``.cube`` export needs)."""
+        return int(self.curve_predictor.num_knots)
+
+    @property
+    def has_shading_map(self) -> bool:
+        """Whether the model predicts a shading map (``False`` for the curves-only ablation)."""
+        return self.shading_net is not None
+
     @torch.no_grad()
+    def estimate_batch(self, images: list[tuple[np.ndarray, np.ndarray]]) -> list[ParametricAdjustments]:
+        """Predict the curves and shading maps of several images of any sizes in one network run.
+
+        Args:
+            images: ``(composite, mask)`` pairs: ``H×W×3`` ``uint8`` and ``H×W`` soft masks in ``[0, 1]``.
+        """
+        size = self.low_resolution
+        composites = np.stack([downsample(composite, size, 255.0) for composite, _ in images])
+        masks = np.stack([downsample(mask[..., None], size, 1.0) for _, mask in images])
+        curves, gains = self.predict_parameters(
+            torch.from_numpy(composites).to(self.device), torch.from_numpy(masks).to(self.device)
+        )
+        gains = [None] * len(images) if gains is None else gains[:, 0].float().cpu().numpy()
+        return [
+            ParametricAdjustments(image_curves, gain)
+            for image_curves, gain in zip(curves.float().cpu().numpy(), gains, strict=True)
+        ]
+
     def estimate_adjustments(self, composite: np.ndarray, mask: np.ndarray) -> ParametricAdjustments:
-        """Predict the curves and shading map of one image of any size.
+        """Predict the curves and shading map of one image of any size (see :meth:`estimate_batch`).
 
         Args:
             composite: ``H×W×3`` ``uint8`` RGB composite.
             mask: ``H×W`` soft mask in ``[0, 1]``.
         """
-        small = _downsample(composite, self.low_resolution, 255.0).to(self.device)
-        small_mask = _downsample(mask[..., None], self.low_resolution, 1.0).to(self.device)
-        curves, gain = self.predict_parameters(small, small_mask)
-        return ParametricAdjustments(curves[0].float(), None if gain is None else gain.float())
+        return self.estimate_batch([(composite, mask)])[0]
 
-    @staticmethod
-    def apply_adjustments(
-        composite: np.ndarray, mask: np.ndarray, adjustments: ParametricAdjustments, in_place: bool = False
-    ) -> np.ndarray:
-        """Apply curves and shading to a full-resolution ``uint8`` image; pixels with mask 0 are kept exactly.
-
-        Only the mask's bounding box is processed. The curves are evaluated once for the 256 levels of
-        each channel and looked up per pixel, so the cost is a table lookup and a few multiply-adds per
-        foreground pixel at any resolution. ``in_place`` writes the result into ``composite`` itself (one
-        image-sized buffer fewer, for huge images whose composite is not needed afterwards).
-        """
-        output = composite if in_place else composite.copy()
-        foreground = mask > 0
-        rows, columns = np.flatnonzero(foreground.any(axis=1)), np.flatnonzero(foreground.any(axis=0))
-        del foreground
-        if rows.size == 0:
-            return output
-        height, width = composite.shape[:2]
-        table = curves_to_uint8_table(adjustments.curves.cpu()).numpy()
-        left, right = columns[0], columns[-1] + 1
-        # A band of rows at a time: the float temporaries stay a few MB whatever the image's size.
-        for top in range(rows[0], rows[-1] + 1, APPLY_BAND_ROWS):
-            band = slice(top, min(top + APPLY_BAND_ROWS, rows[-1] + 1))
-            crop = composite[band, left:right]
-            alpha = np.asarray(mask[band, left:right], dtype=np.float32)[..., None]
-            blended = np.stack([table[c][crop[..., c]] for c in range(3)], axis=-1)
-            gain = adjustments.gain_rows(height, width, band)
-            if gain is not None:
-                blended *= gain[:, left:right, None]
-            blended *= 255.0
-            original = crop.astype(np.float32)
-            blended -= original
-            blended *= alpha
-            blended += original + 0.5
-            np.clip(blended, 0, 255, out=blended)
-            output[band, left:right] = np.where(alpha > 0, blended.astype(np.uint8), crop)
-        return output
+    apply_adjustments = staticmethod(apply_adjustments)
 
     @torch.no_grad()
     def harmonize_image(self, composite: np.ndarray, mask: np.ndarray) -> np.ndarray:
