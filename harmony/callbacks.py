@@ -1,8 +1,8 @@
-"""What makes ``harmony fit`` resumable: random states in checkpoints, a checkpoint on preemption.
+"""The callbacks of every ``harmony fit``: resumability (random states, a checkpoint on preemption), grids.
 
-:class:`~harmony.lightning_cli.HarmonyCLI` adds both callbacks to every run and finds the checkpoint
+:class:`~harmony.lightning_cli.HarmonyCLI` adds them to every run and finds the checkpoint
 ``--ckpt_path last`` means (:func:`last_checkpoint`). README, "Resume and preemption", says what a resumed
-run reproduces exactly.
+run reproduces exactly. :class:`ImageGridLogger` shows validation samples in TensorBoard.
 """
 
 from __future__ import annotations
@@ -20,7 +20,12 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from harmony.data import types as keys
+from harmony.methods.base import to_uint8
+from harmony.visualization import COLUMN_LABELS, harmonization_grid
 
 EXIT_TERMINATED = 143
 """Exit status of a ``fit`` ended by SIGTERM or SIGUSR1 (128 + SIGTERM, the shell's convention)."""
@@ -128,6 +133,89 @@ class PreemptionCheckpoint(Callback):
                 f"{path}; to resume, run the same command with --ckpt_path last",
                 file=sys.stderr,
             )
+
+
+class ImageGridLogger(Callback):
+    """Log a labelled composite | harmonized | real grid of the first validation samples to TensorBoard.
+
+    Once per validation epoch (not during the sanity check), under the tag ``val/images``, one row per
+    sample, each labelled with its name and the fMSE of the composite and of the harmonized image at the
+    batch's resolution (:func:`~harmony.visualization.harmonization_grid`; the model's
+    ``grid_column_labels`` name the columns). The images are those the validation step returns
+    (:meth:`HarmonizationModule.validation_step <harmony.methods.base.HarmonizationModule.validation_step>`):
+    the outputs the evaluator scored, so a diffusion model samples nothing more for the grid. The samples
+    are the first of the first validation loader, taken from as many batches as ``num_images`` needs;
+    with a ``DistributedSampler`` they are rank 0's.
+
+    It does nothing without a ``TensorBoardLogger`` (``--trainer.logger false``, ``fast_dev_run``, another
+    logger), with ``num_images: 0``, or for a model whose validation step returns no images (e.g.
+    :class:`~harmony.methods.diffharmony.HarmonyClassifier`).
+
+    Args:
+        num_images: How many validation samples the grid shows (0: log nothing).
+    """
+
+    TAG = "val/images"
+
+    def __init__(self, num_images: int = 4) -> None:
+        if num_images < 0:
+            raise ValueError(f"num_images must be >= 0 (got {num_images})")
+        self.num_images = num_images
+        self._samples: dict[str, list] = {}
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start collecting this epoch's samples."""
+        self._samples = {}
+
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Keep the returned images of the first samples, as ``uint8`` arrays on the CPU."""
+        collected = len(self._samples.get(keys.COMPOSITE, []))
+        if dataloader_idx != 0 or collected >= self.num_images or _tensorboard(trainer) is None:
+            return
+        if not isinstance(outputs, dict) or not {keys.COMPOSITE, "harmonized"} <= outputs.keys():
+            return
+        take = self.num_images - collected
+        for key in (keys.COMPOSITE, "harmonized", keys.TARGET):
+            if key in outputs:
+                images = to_uint8(outputs[key][:take]).permute(0, 2, 3, 1).cpu().numpy()
+                self._samples.setdefault(key, []).extend(images)
+        if keys.MASK in outputs:
+            self._samples.setdefault(keys.MASK, []).extend(outputs[keys.MASK][:take, 0].float().cpu().numpy())
+        if keys.NAME in outputs:
+            self._samples.setdefault(keys.NAME, []).extend(outputs[keys.NAME][:take])
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Draw the grid and add it to TensorBoard at the current global step."""
+        samples, self._samples = self._samples, {}
+        logger = _tensorboard(trainer)
+        if logger is None or not samples:
+            return
+        stacked = {key: np.stack(value) for key, value in samples.items() if key != keys.NAME}
+        grid = harmonization_grid(
+            stacked[keys.COMPOSITE],
+            stacked["harmonized"],
+            stacked.get(keys.TARGET),
+            stacked.get(keys.MASK),
+            samples.get(keys.NAME),
+            getattr(pl_module, "grid_column_labels", COLUMN_LABELS),
+        )
+        logger.experiment.add_image(self.TAG, grid, trainer.global_step, dataformats="HWC")
+
+
+def _tensorboard(trainer: Trainer) -> TensorBoardLogger | None:
+    """The trainer's TensorBoard logger when a grid should be logged now, else ``None``."""
+    # The sanity check runs an untrained model; the other ranks' loggers write nothing.
+    if trainer.sanity_checking or not trainer.is_global_zero:
+        return None
+    return next((logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)), None)
 
 
 def _send_sigterm(signum: int, frame: FrameType | None) -> None:

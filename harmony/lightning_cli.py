@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 import harmony.data
 import harmony.methods
-from harmony.callbacks import PreemptionCheckpoint, RandomState, last_checkpoint
+from harmony.callbacks import ImageGridLogger, PreemptionCheckpoint, RandomState, last_checkpoint
 from harmony.data import HarmonyDataModule
 from harmony.errors import HarmonyInputError
 from harmony.lazy import import_all
@@ -31,24 +31,35 @@ class HarmonyCLI(LightningCLI):
     ``fit`` is resumable (README, "Resume and preemption"): the default ``ModelCheckpoint`` keeps
     ``last.ckpt``, Lightning's default logger writes to one folder per experiment instead of a new
     ``version_<n>`` per run, and ``--ckpt_path last`` fails when there is nothing to resume from.
+    Validation epochs log a labelled grid of the first samples to that logger
+    (:class:`~harmony.callbacks.ImageGridLogger`).
     """
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The Trainer, with a ``ModelCheckpoint`` writing ``last.ckpt`` at each epoch end by default.
+        """The Trainer, with a ``last.ckpt`` ``ModelCheckpoint`` and an ``ImageGridLogger`` by default.
 
-        It stands in for Lightning's default one (``epoch=<e>-step=<s>.ckpt``) when checkpointing is on
-        and the config's ``trainer.callbacks`` hold no ``ModelCheckpoint``; a config's own is kept as it is.
+        The ``ModelCheckpoint`` writes ``last.ckpt`` at each epoch end. It stands in for Lightning's
+        default one (``epoch=<e>-step=<s>.ckpt``) when checkpointing is on and the config's
+        ``trainer.callbacks`` hold no ``ModelCheckpoint``; a config's own is kept as it is. Likewise the
+        :class:`~harmony.callbacks.ImageGridLogger` (4 validation samples in TensorBoard) is added unless
+        the config has one, so a config's own sets the count, or turns the grids off with ``num_images: 0``.
         """
         trainer = self.config_init.get(str(self.subcommand), self.config_init).trainer
         callbacks = trainer.callbacks if isinstance(trainer.callbacks, list) else [trainer.callbacks]
         callbacks = [callback for callback in callbacks if callback is not None]
+        defaults: list[Callback] = []
         if trainer.enable_checkpointing is not False and not any(
             isinstance(callback, ModelCheckpoint) for callback in callbacks
         ):
             # Without a monitor the newest checkpoint is the only one kept, so naming it "last" gives
             # `--ckpt_path last` its file; save_last=True would write the same weights a second time.
-            last = ModelCheckpoint(filename="last", enable_version_counter=False)
-            kwargs.setdefault("callbacks", [*callbacks, last])
+            defaults.append(ModelCheckpoint(filename="last", enable_version_counter=False))
+        # Not in trainer_defaults: LightningCLI appends those to a config's callbacks, which could then
+        # neither replace nor remove it.
+        if not any(isinstance(callback, ImageGridLogger) for callback in callbacks):
+            defaults.append(ImageGridLogger())
+        if defaults:
+            kwargs.setdefault("callbacks", [*callbacks, *defaults])
         return super().instantiate_trainer(**kwargs)
 
     def before_instantiate_classes(self) -> None:

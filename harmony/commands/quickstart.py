@@ -2,8 +2,8 @@
 
 Trains the model described by ``experiments/quickstart.yaml`` (the paper's class with smaller injected
 networks) on the SyntheticHarmony data on the CPU, evaluates it and the unharmonized Composite on the
-synthetic test split with the shared evaluator, and writes ``metrics.json``, a picture grid
-(composite | harmonized | real) and the checkpoint.
+synthetic test split with the shared evaluator, and writes ``metrics.json``, a labelled picture
+grid (composite | harmonized | real, each row with its fMSE) and the checkpoint.
 """
 
 from __future__ import annotations
@@ -22,21 +22,41 @@ from harmony.data import types as keys
 from harmony.data.io import atomic_path, save_json, save_rgb
 from harmony.errors import HarmonyInputError
 from harmony.methods import Composite, HarmonizationModule
+from harmony.methods.base import to_uint8
+from harmony.visualization import harmonization_grid
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "quickstart.yaml"
 
 
 def picture_grid(model: HarmonizationModule, batch: dict, count: int = 6) -> np.ndarray:
-    """Rows of composite | harmonized | real for the first ``count`` samples of a batch."""
+    """The labelled composite | harmonized | real grid of the first ``count`` samples of a batch.
+
+    One row per sample, labelled with its name and the fMSE of the composite and of the harmonized
+    image against the real one at the batch's resolution
+    (:func:`~harmony.visualization.harmonization_grid`).
+
+    Args:
+        model: The model, on the batch's device.
+        batch: A test batch with ground truths.
+        count: How many samples (rows) to show.
+
+    Returns:
+        The ``H×W×3`` ``uint8`` grid.
+    """
     batch = {k: v[:count] for k, v in batch.items()}
     with torch.no_grad():
         harmonized = model.harmonize(batch).float().clamp(0, 1)
-    rows = [
-        torch.cat([batch[keys.COMPOSITE][i], harmonized[i], batch[keys.TARGET][i]], dim=-1)
-        for i in range(len(harmonized))
-    ]
-    grid = torch.cat(rows, dim=-2)
-    return (grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+
+    def images(tensor: torch.Tensor) -> np.ndarray:
+        return to_uint8(tensor).permute(0, 2, 3, 1).cpu().numpy()
+
+    return harmonization_grid(
+        images(batch[keys.COMPOSITE]),
+        images(harmonized),
+        images(batch[keys.TARGET]),
+        batch[keys.MASK][:, 0].cpu().numpy(),
+        batch.get(keys.NAME),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,8 @@
 """The base every harmonization method (and baseline) derives from.
 
 A method implements :meth:`HarmonizationModule.harmonize` (and, if it trains, ``training_step`` and
-``configure_optimizers``). Validation, test, prediction, the evaluator, image logging and full-resolution
-use are shared here, so every method is scored by the same code.
+``configure_optimizers``). Validation, test, prediction, the evaluator and full-resolution use are shared
+here, so every method is scored by the same code.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from harmony.data.composites import blend
 from harmony.data.io import read_mask, read_rgb, save_json, save_rgb, to_chw_tensor
 from harmony.metrics import HarmonizationEvaluator, format_results_table, results_to_json
 from harmony.postprocess import ColorTransfer
+from harmony.visualization import COLUMN_LABELS
 
 Batch = dict[str, Any]
 
@@ -97,6 +98,8 @@ class HarmonizationModule(LightningModule, ABC):
             or the training-free methods' full-resolution transform), so the lightness a colour transfer
             takes from the composite keeps the original's detail. :meth:`harmonize` and
             :meth:`harmonize_image` return the method's own output.
+        grid_column_labels: What :class:`~harmony.callbacks.ImageGridLogger` calls the columns of the
+            validation step's ``composite``, ``harmonized`` and ``target`` (a class attribute).
 
     Args:
         compute_lpips: Also report LPIPS at test time (needs the LPIPS/AlexNet weights; when they are
@@ -106,6 +109,8 @@ class HarmonizationModule(LightningModule, ABC):
             (``harmony harmonize``); by default the output is resized back and pasted at full
             resolution (a method may instead estimate at this size and apply at full resolution).
     """
+
+    grid_column_labels: tuple[str, ...] = COLUMN_LABELS
 
     def __init__(
         self,
@@ -183,11 +188,19 @@ class HarmonizationModule(LightningModule, ABC):
         )
         return prediction
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        """Score a validation batch with the shared evaluator."""
+    def validation_step(self, batch: Batch, batch_idx: int) -> Batch:
+        """Score a validation batch with the shared evaluator.
+
+        Returns:
+            The batch's ``composite``, ``mask``, ``target`` (when it has one) and ``name`` (when it has
+            one) with the ``harmonized`` output the evaluator scored, as the step saw them: what
+            :class:`~harmony.callbacks.ImageGridLogger` draws, without harmonizing again.
+        """
         prediction = self._evaluate(batch, self.val_evaluator)
-        if batch_idx == 0:
-            self._log_images(batch, prediction)
+        shown = {
+            key: batch[key] for key in (keys.COMPOSITE, keys.MASK, keys.TARGET, keys.NAME) if key in batch
+        }
+        return {**shown, "harmonized": prediction}
 
     def on_validation_epoch_end(self) -> None:
         """Log ``val/{mse,psnr,fmse}`` over the whole validation set."""
@@ -220,16 +233,6 @@ class HarmonizationModule(LightningModule, ABC):
             if log_dir is not None:
                 payload = results_to_json(self.test_evaluator.protocol, self.test_results)
                 save_json(Path(log_dir) / "test_metrics.json", payload)
-
-    def _log_images(self, batch: Batch, prediction: torch.Tensor, count: int = 4) -> None:
-        experiment = getattr(self.logger, "experiment", None)
-        if experiment is None or not hasattr(experiment, "add_image"):
-            return
-        rows = [batch[keys.COMPOSITE][:count], prediction[:count]]
-        if keys.TARGET in batch:
-            rows.append(batch[keys.TARGET][:count])
-        grid = torch.cat([torch.cat(list(row), dim=-1) for row in rows], dim=-2)
-        experiment.add_image("val/composite_prediction_target", grid.float().clamp(0, 1), self.global_step)
 
     # --- prediction -------------------------------------------------------------------------------
     def predict_step(self, batch: Batch, batch_idx: int) -> list[Path]:

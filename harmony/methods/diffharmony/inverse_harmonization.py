@@ -53,6 +53,9 @@ class InverseRoles:
     DataModule may override (Lightning then ignores the module's).
     """
 
+    # The validation step's composite is the real image and its target the composite.
+    grid_column_labels = ("real", "generated", "composite")
+
     def training_step(self, batch: Batch, batch_idx: int) -> Any:
         """The base module's training step on the swapped batch."""
         return super().training_step(swap_roles(batch), batch_idx)  # type: ignore[misc]
