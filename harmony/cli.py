@@ -29,6 +29,7 @@ TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "stats": ("harmony.commands.stats", "foreground-ratio counts per bucket and subset, and their CDF plot"),
     "harmonize": ("harmony.commands.harmonize", "harmonize your own image(s) at any resolution"),
     "export": ("harmony.commands.export", "export a parametric checkpoint's networks to ONNX"),
+    "demo": ("harmony.commands.demo", "a local web page: upload a composite and mask, compare, download"),
     "build-rpharmony": (
         "harmony.commands.build_rpharmony",
         "make an RPHarmony-style data set from photos with masks (Random Poisson Blending)",
