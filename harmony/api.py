@@ -78,7 +78,7 @@ def _training_free(method: str, device: str) -> Any:
     return model.to(_torch_device(device)).eval()
 
 
-def _export_to_cache(model: Any, checkpoint: Path) -> Any:
+def _export_to_cache(model: Any, checkpoint: Path, device: str) -> Any:
     """``model``'s networks exported to the cache and loaded with ONNX Runtime, or ``model`` if that fails."""
     from harmony.data.io import atomic_path
     from harmony.methods.semi_supervised_parametric.onnx_export import export_onnx
@@ -98,7 +98,7 @@ def _export_to_cache(model: Any, checkpoint: Path) -> Any:
         f"exported the networks to ONNX once ({time.perf_counter() - started:.1f} s, cached in {target}); "
         "later runs start without torch"
     )
-    return OnnxParametricHarmonizer(target)
+    return OnnxParametricHarmonizer(target, device)
 
 
 def load_runner(
@@ -157,7 +157,7 @@ def load_runner(
         return model if target == device else model.to(_torch_device(device))
     if not use_onnx:
         return model
-    return _export_to_cache(model, checkpoint)
+    return _export_to_cache(model, checkpoint, device)
 
 
 def resolve_source(source: str | Path) -> tuple[Path | None, str | None]:
@@ -353,6 +353,8 @@ class Harmonizer:
             folder = (
                 Path(output) if output is not None else composite.with_name(f"{composite.name}_harmonized")
             )
+            if folder.resolve() == composite.resolve():
+                raise HarmonyInputError(folder, "would overwrite the composites")
             jobs = plan_folder_jobs(composite, None if mask is None else Path(mask), folder)
         else:
             target = (

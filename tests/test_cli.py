@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harmony.cli import main
+from harmony.cli import TOOL_COMMANDS, main
 from harmony.data.records import list_iharmony4
 from tests.conftest import REPO_ROOT
 
@@ -234,3 +234,32 @@ def test_the_entry_point_imports_no_heavy_library() -> None:
     assert result.stdout.strip() == "[]"
     version = subprocess.run([sys.executable, "-m", "harmony", "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout.startswith("harmony ")
+
+
+BAD_ARGUMENTS = {"summary": ["--config"], "quickstart": ["--config"]}
+"""A bad argument per command (default ``--no-such-option``; these two pass unknown options to Lightning)."""
+
+HELP_AND_BAD_ARGUMENT = """
+import sys
+from harmony.cli import main
+command, bad = sys.argv[1], sys.argv[2:]
+try:
+    main([command, "--help"])
+except SystemExit as exit:
+    assert exit.code in (0, None), exit.code
+status = main([command, *bad])
+print(status, sorted(m for m in ("torch", "lightning") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("command", list(TOOL_COMMANDS))
+def test_tool_command_help_and_bad_arguments_import_no_torch(command: str) -> None:
+    """`harmony <command> --help`, and a bad argument's one-line error, come before torch is imported."""
+    bad = BAD_ARGUMENTS.get(command, ["--no-such-option"])
+    result = subprocess.run(
+        [sys.executable, "-c", HELP_AND_BAD_ARGUMENT, command, *bad], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"harmony {command}" in result.stdout  # the usage line
+    assert result.stdout.strip().splitlines()[-1] == "2 []"
+    assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("harmony: error: ")

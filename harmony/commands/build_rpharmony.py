@@ -27,19 +27,23 @@ import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
 from harmony import __version__
 from harmony.commands.arguments import ToolArgumentParser
-from harmony.data.composites.poisson_blending import DEFAULT_ALPHA, random_poisson_blending
 from harmony.data.io import atomic_path, binarize, check_same_size, read_mask, read_rgb, save_json, save_rgb
 from harmony.data.records import list_iharmony4, list_matched_folders
 from harmony.errors import HarmonyInputError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch (the AestheticFilter) and harmony.data.composites (OpenCV, scikit-image, SciPy: the blending) are
+# imported where they are used, so that --help and a bad argument answer at once.
 
 MANIFEST = "build.json"
 MASK_INDEX = 1
@@ -138,6 +142,7 @@ class AestheticFilter:
     """
 
     def __init__(self, clip_model: str | Path, head: str | Path, device: str = "cpu") -> None:
+        import torch
         from transformers import CLIPModel
 
         clip_model, head = Path(clip_model), Path(head)
@@ -151,6 +156,7 @@ class AestheticFilter:
         self.input_size = self.model.config.vision_config.image_size
 
     def _load_head(self, path: Path, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
         from safetensors.torch import load_file
 
         try:
@@ -177,6 +183,8 @@ class AestheticFilter:
 
     def score(self, composite: np.ndarray, mask: np.ndarray, real: np.ndarray) -> float:
         """The predicted aesthetic rating of ``composite`` (``mask`` and ``real`` are not used)."""
+        import torch
+
         image = Image.fromarray(composite)
         scale = self.input_size / min(image.size)
         width, height = (
@@ -302,6 +310,8 @@ def build_photo(
     alpha: float,
 ) -> None:
     """Make ``candidates`` composites of one photo, keep the ``keep`` best and write every output."""
+    from harmony.data.composites.poisson_blending import random_poisson_blending
+
     real = read_rgb(photo.image)
     soft_mask = read_mask(photo.mask)
     check_same_size(photo.image, real, photo.mask, soft_mask)
@@ -359,7 +369,7 @@ def build_rpharmony(
     keep: int = 1,
     test_fraction: float = 0.1,
     seed: int = 0,
-    alpha: float = DEFAULT_ALPHA,
+    alpha: float | None = None,
     filter_class: str = "ForegroundChangeFilter",
     filter_args: dict[str, Any] | None = None,
     mask_suffix: str = "",
@@ -376,7 +386,9 @@ def build_rpharmony(
         keep: Composites kept per photo (the best by the filter), at most ``candidates``.
         test_fraction: Share of photos in the test split, in ``[0, 1)``.
         seed: Seeds the split and every photo's blending positions and references.
-        alpha: Strength of the Poisson blend (see :func:`random_poisson_blending`).
+        alpha: Strength of the Poisson blend (see
+            :func:`~harmony.data.composites.poisson_blending.random_poisson_blending`); ``None``: its
+            ``DEFAULT_ALPHA``.
         filter_class: The filter's class path or a built-in's name (see :func:`load_filter`).
         filter_args: Keyword arguments of the filter.
         mask_suffix: Text between a photo's stem and its mask's extension.
@@ -395,6 +407,10 @@ def build_rpharmony(
         )
     if not 0 <= test_fraction < 1:
         raise HarmonyInputError(None, f"test fraction must lie in [0, 1), got {test_fraction}")
+    if alpha is None:
+        from harmony.data.composites.poisson_blending import DEFAULT_ALPHA
+
+        alpha = DEFAULT_ALPHA
     if not 0 <= alpha <= 1:
         raise HarmonyInputError(None, f"alpha must lie in [0, 1], got {alpha}")
     if Path(subset).name != subset or subset.startswith("."):
@@ -500,7 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=int, default=1, help="best composites kept per photo")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="share of photos in the test split")
     parser.add_argument("--seed", type=int, default=0, help="seeds the split, references and positions")
-    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="strength of the Poisson blend")
+    # No default here: build_rpharmony() takes poisson_blending.DEFAULT_ALPHA, which the parser cannot
+    # import without OpenCV.
+    parser.add_argument("--alpha", type=float, help="strength of the Poisson blend")
     parser.add_argument(
         "--filter", default="ForegroundChangeFilter", help="quality filter: module.Class or a built-in name"
     )

@@ -16,14 +16,13 @@ import argparse
 import csv
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
 from harmony.commands.arguments import ToolArgumentParser
-from harmony.commands.checkpoints import load_checkpoint_model
 from harmony.commands.harmonize import resolve_device
 from harmony.data.io import (
     IMAGE_SUFFIXES,
@@ -36,8 +35,14 @@ from harmony.data.io import (
     to_chw_tensor,
 )
 from harmony.errors import HarmonyInputError
-from harmony.methods.diffharmony import HarmonyClassifier
-from harmony.metrics.protocol import resize_mask
+
+if TYPE_CHECKING:
+    import torch
+
+    from harmony.methods.diffharmony import HarmonyClassifier
+
+# torch, Lightning and the classifier (diffusers, torchvision) are imported where they are used, so that
+# --help and a bad argument answer at once.
 
 
 def load_classifier(checkpoint: Path, device: torch.device) -> HarmonyClassifier:
@@ -46,6 +51,9 @@ def load_classifier(checkpoint: Path, device: torch.device) -> HarmonyClassifier
     Raises:
         HarmonyInputError: The file is missing, unreadable, or holds another kind of model.
     """
+    from harmony.commands.checkpoints import load_checkpoint_model
+    from harmony.methods.diffharmony import HarmonyClassifier
+
     model = load_checkpoint_model(checkpoint, HarmonyClassifier, "a HarmonyClassifier", device)
     return model  # type: ignore[return-value]
 
@@ -70,6 +78,8 @@ def match_masks(images: list[Path], mask_dir: Path) -> list[Path]:
 
 def read_batch(paths: list[Path], size: int) -> torch.Tensor:
     """Images as one ``B×3×size×size`` batch in ``[0, 1]`` (PIL bilinear resize)."""
+    import torch
+
     images = [
         np.asarray(Image.fromarray(read_rgb(path)).resize((size, size), Image.BILINEAR)) for path in paths
     ]
@@ -82,6 +92,10 @@ def read_mask_batch(image_paths: list[Path], mask_paths: list[Path], size: int) 
     Raises:
         HarmonyInputError: A mask's size differs from its image's.
     """
+    import torch
+
+    from harmony.metrics.protocol import resize_mask
+
     masks = []
     for image_path, mask_path in zip(image_paths, mask_paths, strict=True):
         mask = read_mask(mask_path)

@@ -35,15 +35,13 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from harmony import __version__
 from harmony.commands.arguments import ToolArgumentParser
-from harmony.commands.checkpoints import load_checkpoint_model
 from harmony.commands.harmonize import resolve_device
 from harmony.data.io import (
     atomic_path,
@@ -56,8 +54,14 @@ from harmony.data.io import (
 )
 from harmony.data.records import list_iharmony4
 from harmony.errors import HarmonyInputError
-from harmony.methods.base import blend_full_resolution, to_uint8
-from harmony.methods.diffharmony import InverseHarmonization
+
+if TYPE_CHECKING:
+    import torch
+
+    from harmony.methods.diffharmony import InverseHarmonization
+
+# torch, Lightning and the model (diffusers) are imported where they are used, so that --help and a bad
+# argument answer at once (here and in build-human-harmony, which imports this module).
 
 MANIFEST = "generation.json"
 """The settings and counts of a generated tree, at its root."""
@@ -161,6 +165,8 @@ def _batches(items: list[Pair], size: int) -> Iterator[list[Pair]]:
 
 @contextlib.contextmanager
 def _precision(model: InverseHarmonization, precision: str) -> Iterator[None]:
+    import torch
+
     # bf16 only on CUDA; CPUs without native bf16 would run many times slower.
     if precision == "bf16-mixed" and model.device.type == "cuda":
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -194,6 +200,10 @@ def generate_candidates(
     Returns:
         The number of candidates written now.
     """
+    import torch
+
+    from harmony.methods.base import blend_full_resolution, to_uint8
+
     todo = [pair for pair in pairs if not all(pair.candidate(output, k).is_file() for k in range(candidates))]
     missing = sum(not pair.candidate(output, k).is_file() for pair in todo for k in range(candidates))
     written = 0
@@ -278,6 +288,9 @@ def load_inverse_model(
     checkpoint: Path, device: torch.device, size: int | None, steps: int | None
 ) -> InverseHarmonization:
     """An :class:`InverseHarmonization` checkpoint, at working size ``size`` and ``steps`` steps if given."""
+    from harmony.commands.checkpoints import load_checkpoint_model
+    from harmony.methods.diffharmony import InverseHarmonization
+
     model = load_checkpoint_model(checkpoint, InverseHarmonization, "an InverseHarmonization model", device)
     assert isinstance(model, InverseHarmonization)
     if size is not None:

@@ -26,13 +26,17 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-
-import lightning
-import torch
+from typing import TYPE_CHECKING
 
 from harmony.commands.arguments import ToolArgumentParser
 from harmony.data.io import atomic_path, usual_mode
 from harmony.errors import HarmonyInputError, load_strictly
+
+if TYPE_CHECKING:
+    import lightning
+    import torch
+
+# Lightning and torch are imported where they are used, so that --help and a bad argument answer at once.
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RELEASES = {
@@ -74,6 +78,9 @@ def build_model(config: Path, overrides: list[str], load: bool = True) -> lightn
 
 def save_checkpoint(model: lightning.LightningModule, release: str, source: Path, output: Path) -> Path:
     """Write ``model`` as a Lightning checkpoint that ``load_from_checkpoint`` and the commands read."""
+    import lightning
+    import torch
+
     checkpoint = {
         "state_dict": model.state_dict(),
         "hyper_parameters": dict(model.hparams),
@@ -169,6 +176,7 @@ def import_r2r_diff_base(release: str, source: Path, output: Path, config: Path)
     Raises:
         HarmonyInputError: The file is unreadable, holds no LDM UNet, or its UNet does not fit.
     """
+    import torch
     from diffusers.loaders.single_file_utils import LDM_UNET_KEY, convert_ldm_unet_checkpoint
 
     try:

@@ -12,18 +12,23 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from lightning.pytorch import Trainer
 
 from harmony.commands.arguments import ToolArgumentParser
 from harmony.data import types as keys
 from harmony.data.io import atomic_path, save_json, save_rgb
 from harmony.errors import HarmonyInputError
-from harmony.methods import Composite, HarmonizationModule
-from harmony.methods.base import to_uint8
 from harmony.visualization import harmonization_grid
+
+if TYPE_CHECKING:
+    import torch
+
+    from harmony.methods import HarmonizationModule
+
+# torch, Lightning and the methods are imported where they are used, so that --help and a bad argument
+# answer at once.
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "quickstart.yaml"
 
@@ -43,6 +48,10 @@ def picture_grid(model: HarmonizationModule, batch: dict, count: int = 6) -> np.
     Returns:
         The ``H×W×3`` ``uint8`` grid.
     """
+    import torch
+
+    from harmony.methods.base import to_uint8
+
     batch = {k: v[:count] for k, v in batch.items()}
     with torch.no_grad():
         harmonized = model.harmonize(batch).float().clamp(0, 1)
@@ -76,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.config.is_file():
         raise HarmonyInputError(args.config, "config file not found")
 
+    import torch
+    from lightning.pytorch import Trainer
+
     from harmony.lightning_cli import make_cli
+    from harmony.methods import Composite
 
     cli = make_cli(["--config", str(args.config), *args.overrides, *unknown], run=False)
     model, datamodule, trainer = cli.model, cli.datamodule, cli.trainer

@@ -21,8 +21,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
-from lightning.pytorch import Trainer
+from typing import TYPE_CHECKING
 
 from harmony.commands.arguments import ToolArgumentParser
 from harmony.commands.paper_numbers import (
@@ -33,12 +32,16 @@ from harmony.commands.paper_numbers import (
     RPHARMONY_SUBSETS,
     SUBSETS,
 )
-from harmony.data import IHarmony4DataModule, RPHarmonyDataModule
 from harmony.data.io import save_json, save_text
 from harmony.data.records import list_iharmony4
 from harmony.errors import HarmonyInputError
-from harmony.methods import Composite, HarmonizationModule, HistogramMatching, ReinhardLabTransfer
-from harmony.metrics import FOREGROUND_BUCKETS
+
+if TYPE_CHECKING:
+    from harmony.data import IHarmony4DataModule
+    from harmony.methods import HarmonizationModule
+
+# Lightning, the data modules, the methods and the evaluator are imported where they are used, so that
+# --help and a bad argument answer at once.
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -134,6 +137,7 @@ def load_imported(checkpoint: Path) -> HarmonizationModule:
     import torch
 
     from harmony.commands.checkpoints import load_checkpoint_model
+    from harmony.methods import HarmonizationModule
 
     model = load_checkpoint_model(checkpoint, HarmonizationModule, "a harmony method", torch.device("cpu"))
     return model  # type: ignore[return-value]
@@ -144,10 +148,14 @@ def evaluate(
     root: Path,
     batch_size: int,
     num_workers: int,
-    datamodule_class: type[IHarmony4DataModule] = IHarmony4DataModule,
+    datamodule_class: type[IHarmony4DataModule] | None = None,
 ) -> dict:
-    """Score a module on the test split with the shared evaluator."""
-    datamodule = datamodule_class(
+    """Score a module on the test split with the shared evaluator (``datamodule_class``: iHarmony4's)."""
+    from lightning.pytorch import Trainer
+
+    from harmony.data import IHarmony4DataModule
+
+    datamodule = (datamodule_class or IHarmony4DataModule)(
         root, image_size=module.inference_size, batch_size=batch_size, num_workers=num_workers, augment=False
     )
     trainer = Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False)
@@ -218,6 +226,8 @@ def render_bucket_markdown(
     paper_numbers: dict[str, dict[str, dict[str, tuple[float, float]]]] = BUCKET_PAPER_NUMBERS,
 ) -> str:
     """DiffHarmony++ Table 3's layout: one line per row and source, MSE / fMSE per foreground bucket."""
+    from harmony.metrics import FOREGROUND_BUCKETS
+
     buckets = [bucket for bucket, _, _ in FOREGROUND_BUCKETS]
     labels = [f"{100 * low:g} % ~ {100 * high:g} %" for _, low, high in FOREGROUND_BUCKETS]
     lines = ["| row | source | " + " | ".join(f"{label} MSE / fMSE" for label in labels) + " |"]
@@ -265,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rows", nargs="*", help="only these rows (default: every available row)")
     args = parser.parse_args(argv)
+    from harmony.data import IHarmony4DataModule, RPHarmonyDataModule
+    from harmony.methods import Composite, HistogramMatching, ReinhardLabTransfer
+
     rpharmony = args.dataset == "rpharmony"
     datamodule_class = RPHarmonyDataModule if rpharmony else IHarmony4DataModule
     args.data_root = args.data_root or Path(datamodule_class.default_root)

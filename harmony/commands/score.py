@@ -18,10 +18,9 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from harmony.commands.arguments import ToolArgumentParser
@@ -29,16 +28,16 @@ from harmony.data.io import check_same_size, list_images, read_mask, read_rgb, s
 from harmony.data.records import TripletRecord, iharmony4_record, list_iharmony4
 from harmony.data.types import IHARMONY4_SUBSETS
 from harmony.errors import HarmonyInputError
-from harmony.metrics import (
-    PROTOCOLS,
-    EvaluationProtocol,
-    HarmonizationEvaluator,
-    format_results_header,
-    format_results_table,
-    resize_image,
-    resize_mask,
-    results_to_json,
-)
+
+# The protocols (--protocol's choices) are NumPy and Pillow only; the evaluator, which needs torch, is
+# imported where it is used. (Importing harmony.metrics.protocol still runs harmony.metrics' __init__,
+# which imports the evaluator: until that package loads its names lazily, --help imports torch.)
+from harmony.metrics.protocol import PROTOCOLS, resize_image, resize_mask
+
+if TYPE_CHECKING:
+    import torch
+
+    from harmony.metrics import EvaluationProtocol, HarmonizationEvaluator
 
 PREDICTION_SUFFIXES = (".png", ".jpg", ".jpeg")
 """Accepted prediction files, in order of preference when several exist for one composite."""
@@ -204,11 +203,15 @@ def load_for_scoring(
 
 
 def _to_batch(images: list[np.ndarray]) -> torch.Tensor:
+    import torch
+
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
 
 
 def add_to_evaluator(evaluator: HarmonizationEvaluator, batch: list[ScoringInputs]) -> None:
     """Stack decoded samples into tensors and update the evaluator with them."""
+    import torch
+
     composites = [item.composite for item in batch]
     evaluator.update(
         _to_batch([item.prediction for item in batch]),
@@ -221,6 +224,8 @@ def add_to_evaluator(evaluator: HarmonizationEvaluator, batch: list[ScoringInput
 
 @contextmanager
 def _torch_threads(count: int) -> Iterator[None]:
+    import torch
+
     previous = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
@@ -367,6 +372,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.workers < 1:
         raise HarmonyInputError(None, f"--workers must be at least 1 (got {args.workers})")
+    from harmony.metrics import (
+        HarmonizationEvaluator,
+        format_results_header,
+        format_results_table,
+        results_to_json,
+    )
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         evaluator = HarmonizationEvaluator(

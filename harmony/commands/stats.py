@@ -28,7 +28,9 @@ from harmony.data.io import atomic_path, read_mask, save_json
 from harmony.data.records import TripletRecord
 from harmony.data.types import IHARMONY4_SUBSETS
 from harmony.errors import HarmonyInputError
-from harmony.metrics import ALL_GROUP, FOREGROUND_BUCKETS, PROTOCOLS, resize_mask
+
+# harmony.metrics (its evaluator, torch) is imported in the functions that use it, so that --help and a
+# bad argument answer at once.
 
 SPLITS = ("train", "val", "test")
 """``--split all`` pools every one of these that the root lists (at least one must be there)."""
@@ -44,12 +46,16 @@ def foreground_ratio(mask: np.ndarray, size: int) -> float:
     Returns:
         ``N_fg / size²``, computed as :func:`~harmony.metrics.per_image_metrics` computes ``fg_ratio``.
     """
+    from harmony.metrics.protocol import resize_mask
+
     resized = resize_mask(mask, size)
     return int(np.count_nonzero(resized >= 0.5)) / float(resized.shape[0] * resized.shape[1])
 
 
 def foreground_bucket(ratio: float) -> str:
     """The evaluator's bucket of a foreground ratio (``fg_0_5``, ``fg_5_15`` or ``fg_15_100``)."""
+    from harmony.metrics import FOREGROUND_BUCKETS
+
     for bucket, low, high in FOREGROUND_BUCKETS:
         if low <= ratio < high:
             return bucket
@@ -60,6 +66,8 @@ def foreground_bucket(ratio: float) -> str:
 
 def summarise(ratios: Sequence[float]) -> dict[str, Any]:
     """Count, mean, median, empty masks and per-bucket counts and shares of some ratios."""
+    from harmony.metrics import FOREGROUND_BUCKETS
+
     counts = {bucket: 0 for bucket, _, _ in FOREGROUND_BUCKETS}
     for ratio in ratios:
         counts[foreground_bucket(ratio)] += 1
@@ -109,6 +117,7 @@ def root_stats(
     records: Sequence[TripletRecord], size: int, workers: int, desc: str
 ) -> tuple[dict[str, list[float]], dict[str, dict[str, Any]]]:
     """Read every mask: the ratios per group (each subset, then ``all``) and their summaries."""
+    from harmony.metrics import ALL_GROUP
 
     def ratio_of(record: TripletRecord) -> float:
         return foreground_ratio(read_mask(record.mask), size)
@@ -127,6 +136,8 @@ def root_stats(
 
 def format_stats(label: str, summaries: dict[str, dict[str, Any]]) -> str:
     """An aligned table: one row per group; n, mean, median, then count (share) per bucket."""
+    from harmony.metrics import FOREGROUND_BUCKETS
+
     buckets = [bucket for bucket, _, _ in FOREGROUND_BUCKETS]
     rows = [["group", "n", "mean", "median", *buckets]]
     for group, summary in summaries.items():
@@ -169,6 +180,8 @@ def plot_cdf(path: Path, curves: dict[str, dict[str, list[float]]]) -> None:
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+
+    from harmony.metrics import ALL_GROUP, FOREGROUND_BUCKETS
 
     file_format = plot_format(path)
     figure = Figure(figsize=(6.0, 4.5), dpi=150)
@@ -220,10 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="iharmony4",
         help="layout of every root: iHarmony4-style list files, or folders matched by stem",
     )
+    # No default here: main() takes the iharmony4 protocol's size, so that building the parser (--help)
+    # does not import harmony.metrics.
     parser.add_argument(
         "--size",
         type=int,
-        default=PROTOCOLS["iharmony4"].size,
         help="masks are resized to size×size first, as the evaluator scores them (default 256)",
     )
     parser.add_argument("--plot", type=Path, help="write the CDF of the foreground ratio here (e.g. cdf.png)")
@@ -240,10 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Print the foreground-ratio statistics of every root; optionally plot and save them."""
     args = build_parser().parse_args(argv)
-    if args.size < 1:
+    if args.size is not None and args.size < 1:
         raise HarmonyInputError(None, f"--size must be positive (got {args.size})")
     if args.plot is not None:
         plot_format(args.plot)
+    from harmony.metrics import FOREGROUND_BUCKETS, PROTOCOLS
+
+    if args.size is None:
+        args.size = PROTOCOLS["iharmony4"].size
     labels = _labels(args.root)
     curves: dict[str, dict[str, list[float]]] = {}
     report: dict[str, Any] = {

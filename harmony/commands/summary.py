@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from harmony.commands.arguments import ToolArgumentParser
 from harmony.errors import HarmonyInputError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# torch is imported where it is used, so that --help and a bad argument answer at once.
 
 
 def count_parameters(module: nn.Module) -> dict[str, object]:
@@ -34,20 +37,22 @@ def count_parameters(module: nn.Module) -> dict[str, object]:
 
 def build_model(configs: list[str], overrides: list[str]) -> nn.Module:
     """Instantiate the ``model`` of one or more composed LightningCLI configs."""
-    from harmony.lightning_cli import make_cli
-
     args: list[str] = []
     for config in configs:
         if not Path(config).is_file():
             raise HarmonyInputError(config, "config file not found")
         args += ["--config", config]
+    from harmony.lightning_cli import make_cli  # after the checks: a missing file is reported at once
+
     overrides = [*overrides, "--trainer.logger=false", "--trainer.accelerator=cpu", "--trainer.devices=1"]
     return make_cli(args + overrides, run=False).model
 
 
 def build_component(argv: list[str]) -> nn.Module:
     """Instantiate ``--component <import path> [--component.<argument> <value> …]`` on the meta device."""
+    import torch
     from jsonargparse import ArgumentParser
+    from torch import nn
 
     parser = ArgumentParser(prog="harmony summary", exit_on_error=False)
     parser.add_argument("--component", type=nn.Module, required=True, help="a module class or builder")
