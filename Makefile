@@ -46,9 +46,10 @@ reproduce-table1: install  ## Evaluate every available row on the iHarmony4 test
 reproduce-table2: install  ## R2R's Table 2: every available row on the RPHarmony test split: make reproduce-table2 RPHARMONY=path
 	$(PY) -m harmony.commands.reproduce_table1 --dataset rpharmony --data-root $(RPHARMONY) --output-dir results
 
-benchmark: install  ## Run the benchmarks in benchmarks/ (scoring throughput, parametric model speed)
+benchmark: install  ## Run the benchmarks in benchmarks/ (scoring throughput, parametric model speed, start-up and 4K harmonize)
 	$(PY) benchmarks/score_throughput.py
 	$(PY) benchmarks/parametric_speed.py
+	$(PY) benchmarks/startup.py
 
 benchmark-real: install  ## Score training-free methods (and checkpoints) at full resolution: make benchmark-real ROOT=path
 	@test -n "$(ROOT)" || { echo "make benchmark-real needs ROOT=<iHarmony4-layout root>" >&2; exit 2; }
