@@ -54,6 +54,17 @@ def downsample(image: np.ndarray, size: int, scale: float) -> np.ndarray:
     return small / np.float32(scale)
 
 
+def network_inputs(images: list[tuple[np.ndarray, np.ndarray]], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The networks' batch of ``(composite, mask)`` pairs: ``N×3×size×size`` and ``N×1×size×size``.
+
+    Composites are ``H×W×3`` ``uint8`` (divided by 255), masks ``H×W`` soft masks in ``[0, 1]``, any sizes;
+    each is downsampled with :func:`downsample`.
+    """
+    composites = np.stack([downsample(composite, size, 255.0) for composite, _ in images])
+    masks = np.stack([downsample(mask[..., None], size, 1.0) for _, mask in images])
+    return composites, masks
+
+
 def _bilinear_taps(output_size: int, input_size: int, positions: np.ndarray) -> tuple[np.ndarray, ...]:
     """Source indices and weight of bilinear upsampling (``align_corners=False``) at output ``positions``.
 

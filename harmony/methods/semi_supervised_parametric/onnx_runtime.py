@@ -15,7 +15,7 @@ from harmony.errors import HarmonyInputError
 from harmony.methods.semi_supervised_parametric.any_resolution import (
     ParametricAdjustments,
     apply_adjustments,
-    downsample,
+    network_inputs,
 )
 
 ONNX_FORMAT = "harmony.semi_supervised_parametric/1"
@@ -82,8 +82,7 @@ class OnnxParametricHarmonizer:
             images: ``(composite, mask)`` pairs: ``H×W×3`` ``uint8`` and ``H×W`` soft masks in ``[0, 1]``.
         """
         size = self.low_resolution
-        composites = np.stack([downsample(composite, size, 255.0) for composite, _ in images])
-        masks = np.stack([downsample(mask[..., None], size, 1.0) for _, mask in images])
+        composites, masks = network_inputs(images, size)
         outputs = self.session.run(None, {"composite": composites, "mask": masks})
         gains = outputs[1][:, 0] if self.has_shading_map else [None] * len(images)
         return [

@@ -24,7 +24,7 @@ from harmony.methods.base import Batch, HarmonizationModule, save_config_hyperpa
 from harmony.methods.semi_supervised_parametric.any_resolution import (
     ParametricAdjustments,
     apply_adjustments,
-    downsample,
+    network_inputs,
 )
 from harmony.methods.semi_supervised_parametric.rgb_curves import apply_curves
 
@@ -247,8 +247,7 @@ class SemiSupervisedParametric(HarmonizationModule):
             images: ``(composite, mask)`` pairs: ``H×W×3`` ``uint8`` and ``H×W`` soft masks in ``[0, 1]``.
         """
         size = self.low_resolution
-        composites = np.stack([downsample(composite, size, 255.0) for composite, _ in images])
-        masks = np.stack([downsample(mask[..., None], size, 1.0) for _, mask in images])
+        composites, masks = network_inputs(images, size)
         curves, gains = self.predict_parameters(
             torch.from_numpy(composites).to(self.device), torch.from_numpy(masks).to(self.device)
         )
